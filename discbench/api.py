@@ -1,0 +1,167 @@
+"""The contracts between discbench and its plugins: feature specs, the loss context and the discrepancy base class.
+
+A *discrepancy* is a trainable penalty between a source tensor (a student's feature, an early module's feature, or
+logits) and a target tensor. It is one ``nn.Module`` that owns every head it needs (critics, regressors,
+discriminators); the runner puts its parameters into the optimizer, so a plugin author never registers them anywhere.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What one tap of a network produces.
+
+    Args:
+        channels: channels of the map (or length of the vector when ``reduction == 0``).
+        reduction: stride relative to the input image; 0 means a vector without spatial dims (logits).
+    """
+
+    channels: int
+    reduction: int
+
+    @property
+    def is_vector(self) -> bool:
+        return self.reduction == 0
+
+    def spatial(self, image_size: int) -> int:
+        """Side of the map for a square input of side ``image_size`` (stride-2 stages round up)."""
+        if self.is_vector:
+            return 1
+        side = image_size
+        r = self.reduction
+        while r > 1:
+            side, r = -(-side // 2), r // 2
+        return side
+
+
+class Tap(str, Enum):
+    """Which tensor of a module a discrepancy compares.
+
+    FEATURE: the module's output map F_i (the target is the last module's F_T).
+    EXIT: the output of module i's exit bottleneck, already shaped like F_T (BYOT's feature loss).
+    LOGITS: the exit's logits (the target is the last exit's logits): KD-style methods.
+    """
+
+    FEATURE = "feature"
+    EXIT = "exit"
+    LOGITS = "logits"
+
+
+class Pairing(str, Enum):
+    """Which (source module, target module) pairs a two-network protocol feeds to the plugin.
+
+    TO_LAST: every earlier module i < T to the target's last module T (MUSE, BYOT, MIMKD).
+    SAME_STAGE: module i to the target's module i, for i < T (FitNets' hint, AT, NST, VID).
+    LAST: only module T to module T (CRD on the penultimate embedding, logit methods).
+    Self-distillation always pairs i -> T within one network; this attribute matters for online/offline runs.
+    """
+
+    TO_LAST = "to_last"
+    SAME_STAGE = "same_stage"
+    LAST = "last"
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """What a loss may need beyond its two tensors. Built by the trainer once per step; read-only.
+
+    Shape:
+        labels: (B,) int64 class indices.
+        indices: (B,) int64 indices of the samples in the training set (for memory banks such as CRD's).
+    """
+
+    step: int
+    epoch: int
+    protocol: str
+    labels: Tensor
+    indices: Tensor
+    dataset_size: int
+    num_classes: int
+    source_module: int = 0  # 1-based index of the source module of this pair
+    target_module: int = 0  # 1-based index of the target module of this pair
+
+
+@dataclass
+class LossOutput:
+    """A scalar loss and named terms (detached) that the trainer logs, e.g. ``{"mi": ..., "si": ...}``."""
+
+    loss: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Discrepancy(nn.Module):
+    """Base class of every discrepancy plugin.
+
+    Subclasses set ``name`` (the registry key), bump ``version`` whenever their numbers could change, declare
+    which tensors they compare (``tap``) and whether gradient flows into the target (``detaches_target``), and
+    implement ``forward``. Keyword arguments of ``__init__`` after the two specs are the plugin's hyper-parameters:
+    ``bench.toml`` sets them under ``[losses.<name>]`` and ``--set loss.<key>=...`` overrides them, type-checked
+    against the defaults.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    tap: ClassVar[Tap] = Tap.FEATURE
+    pairing: ClassVar[Pairing] = Pairing.TO_LAST
+    detaches_target: ClassVar[bool] = True
+
+    def __init__(self, source: FeatureSpec, target: FeatureSpec):
+        super().__init__()
+        self.source_spec = source
+        self.target_spec = target
+
+    def forward(self, source: Tensor, target: Tensor, ctx: LossContext) -> LossOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    @classmethod
+    def hparams(cls) -> dict[str, Any]:
+        """The plugin's hyper-parameters with their defaults, read from the signature of ``__init__``."""
+        params = list(inspect.signature(cls.__init__).parameters.values())[3:]
+        missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.kind is p.KEYWORD_ONLY]
+        if missing:
+            raise TypeError(f"{cls.__name__}: hyper-parameters need defaults: {missing}")
+        return {
+            p.name: p.default
+            for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not inspect.Parameter.empty
+        }
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class Backbone(nn.Module):
+    """A CNN decomposed into T modules (stages); ``forward`` returns ``(logits, [F_1, ..., F_T])``.
+
+    Subclasses fill ``stages`` (module 1 includes the stem), ``head`` (pooling and classifier) and
+    ``feature_specs``, one ``FeatureSpec`` per stage, which a test checks against real shapes.
+
+    Args (of every registered backbone): in_channels, num_classes, image_size.
+    """
+
+    name: ClassVar[str]
+    stages: nn.ModuleList
+    head: nn.Module
+    feature_specs: tuple[FeatureSpec, ...]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return self.head(x), features
+
+
+def classifier_head(channels: int, num_classes: int) -> nn.Sequential:
+    """Global average pooling, then a linear classifier."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))

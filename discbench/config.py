@@ -1,0 +1,341 @@
+"""bench.toml -> frozen, type-checked, hashed run configurations.
+
+A run resolves five sections: ``dataset``, ``recipe`` (the budget, with per-dataset overrides), ``protocol``,
+``loss`` (``beta`` plus the plugin's hyper-parameters) and ``runtime``. ``--set section.key=value`` overrides one
+resolved value; values are parsed as TOML literals and checked against the field's type. The resolved configuration
+(without its label) is hashed; the hash and the seed name the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from discbench.errors import DiscbenchError
+from discbench.registry import LOSSES, PROTOCOLS, unknown_name_message
+
+SECTIONS = ("dataset", "recipe", "protocol", "loss", "runtime")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """A dataset's shape, normalisation and augmentation (bench.toml ``[datasets.<name>]``)."""
+
+    name: str
+    layout: str  # loader registered in discbench.data: idx | cifar-pickle | imagefolder-resident | imagefolder
+    channels: int
+    image_size: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int
+    flip: bool
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """An optimisation budget: SGD with a step schedule (bench.toml ``[recipes.<budget>]``)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    milestones: tuple[int, ...]
+    gamma: float
+    train_subset: int
+    test_subset: int
+    eval_every: int
+    eval_batch_size: int
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Device switches; each takes effect on CUDA only and is recorded with its effective value."""
+
+    amp_bf16: bool
+    channels_last: bool
+    compile: bool
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The discrepancy of a run: registry name ("" for none), plugin version, weight beta and hyper-parameters."""
+
+    name: str
+    version: int
+    beta: float
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's numbers, except the seed."""
+
+    label: str
+    protocol_name: str
+    backbone: str
+    budget: str
+    dataset: DatasetConfig
+    recipe: RecipeConfig
+    protocol: Any  # the protocol's own frozen Config dataclass
+    loss: LossConfig
+    runtime: RuntimeConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["loss"]["hparams"] = dict(sorted(self.loss.hparams.items()))
+        return out
+
+    @property
+    def hash(self) -> str:
+        """16 hex digits of the SHA-256 of the canonical JSON of the configuration, without its label."""
+        payload = self.to_dict()
+        payload.pop("label")
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# -- typed construction -----------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the type ``tp`` (int, float, bool, str, tuple[X, ...]); ints widen to floats."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return coerce(value, arg, where)
+            except DiscbenchError:
+                pass
+        raise DiscbenchError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        (item, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise DiscbenchError(f"{where}: expected a list of {_type_name(item)}, got {value!r}")
+        return tuple(coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is type(None):
+        if value is None:
+            return None
+        raise DiscbenchError(f"{where}: expected none, got {value!r}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise DiscbenchError(f"{where}: expected {tp.__name__}, got {value!r}")
+    if not isinstance(value, tp):
+        raise DiscbenchError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def build(cls: type, table: Mapping[str, Any], where: str, **fixed: Any) -> Any:
+    """Instantiate the frozen dataclass ``cls`` from ``table``: unknown, missing or mistyped keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        raise DiscbenchError(f"{where}: unknown key '{unknown[0]}'; valid keys: {', '.join(names)}")
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in table
+        and f.name not in fixed
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise DiscbenchError(f"{where}: missing key '{missing[0]}'")
+    values = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in table.items()}
+    return cls(**values, **fixed)
+
+
+def parse_override(item: str) -> tuple[str, str, Any]:
+    """``"recipe.lr=0.05"`` -> ``("recipe", "lr", 0.05)``; values are TOML literals, bare words are strings."""
+    if "=" not in item:
+        raise DiscbenchError(f"--set '{item}': expected section.key=value, e.g. --set recipe.lr=0.05")
+    key, raw = item.split("=", 1)
+    section, _, name = key.strip().partition(".")
+    if section not in SECTIONS or not name:
+        raise DiscbenchError(f"--set '{item}': key must be <section>.<key> with section one of {', '.join(SECTIONS)}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, name, value
+
+
+# -- bench.toml ---------------------------------------------------------------------------------------------------------
+def default_bench_path() -> Path:
+    """``$DISCBENCH_CONFIG``, else ``./bench.toml``, else the repository's bench.toml."""
+    env = os.environ.get("DISCBENCH_CONFIG")
+    if env:
+        return Path(env)
+    here = Path("bench.toml")
+    return here if here.is_file() else Path(__file__).resolve().parents[1] / "bench.toml"
+
+
+@dataclass(frozen=True)
+class SuiteRow:
+    loss: str
+    label: str
+    overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    protocol: str
+    datasets: tuple[str, ...]
+    backbones: tuple[str, ...]
+    seeds: int
+    budget: str
+    rows: tuple[SuiteRow, ...]
+
+
+class Bench:
+    """The parsed bench.toml; ``resolve`` turns names and overrides into a ``RunConfig``."""
+
+    def __init__(self, data: Mapping[str, Any], path: Path | str = "bench.toml"):
+        self.path = Path(path)
+        self.data = data
+        for section in ("datasets", "recipes", "protocols", "runtime"):
+            if not isinstance(data.get(section), dict):
+                raise DiscbenchError(f"{self.path}: missing table [{section}]")
+
+    @classmethod
+    def load(cls, path: Path | str | None = None) -> Bench:
+        path = Path(path) if path else default_bench_path()
+        if not path.is_file():
+            raise DiscbenchError(f"configuration file {path} not found; pass --config PATH or run from the repository")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise DiscbenchError(f"{path} is not valid TOML: {exc}") from exc
+        return cls(data, path)
+
+    # -- names ----------------------------------------------------------------------------------------------------
+    def names(self, section: str) -> list[str]:
+        return sorted(self.data.get(section, {}))
+
+    def baselines(self) -> dict[str, tuple[str, ...]]:
+        """Baseline rows: name -> the overrides that define them."""
+        out = {}
+        for name, table in self.data.get("baselines", {}).items():
+            sets = table.get("set", {})
+            out[name] = tuple(f"{k}={json.dumps(v)}" for k, v in sets.items())
+        return out
+
+    def _table(self, section: str, name: str, kind: str) -> dict[str, Any]:
+        tables = self.data.get(section, {})
+        if name not in tables:
+            raise DiscbenchError(unknown_name_message(kind, name, tables))
+        return dict(tables[name])
+
+    # -- resolution -----------------------------------------------------------------------------------------------
+    def resolve(
+        self,
+        loss: str,
+        backbone: str,
+        dataset: str,
+        budget: str,
+        protocol: str = "self",
+        overrides: Sequence[str] = (),
+        label: str | None = None,
+    ) -> RunConfig:
+        from discbench.registry import BACKBONES
+
+        baselines = self.baselines()
+        if loss in baselines:
+            if loss in LOSSES:
+                raise DiscbenchError(f"'{loss}' is both a baseline in {self.path} and a registered loss; rename one")
+            loss_name, base_sets = "", baselines[loss]
+        elif loss in LOSSES:
+            loss_name, base_sets = loss, ()
+        else:
+            raise DiscbenchError(unknown_name_message("loss", loss, [*LOSSES.names(), *baselines]))
+        BACKBONES.get(backbone)  # unknown backbone -> did-you-mean error
+
+        parsed = [parse_override(o) for o in (*base_sets, *overrides)]
+        sets: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        for section, key, value in parsed:
+            sets[section][key] = value
+
+        ds_table = self._table("datasets", dataset, "dataset")
+        ds = build(DatasetConfig, {**ds_table, **sets["dataset"]}, f"dataset '{dataset}'", name=dataset)
+
+        recipe_table = self._table("recipes", budget, "budget")
+        per_dataset = recipe_table.pop("datasets", {})
+        recipe = build(
+            RecipeConfig,
+            {**recipe_table, **per_dataset.get(dataset, {}), **sets["recipe"]},
+            f"recipe '{budget}'",
+        )
+
+        proto_cls = PROTOCOLS.get(protocol)
+        proto_table = self.data["protocols"].get(protocol, {})
+        proto = build(proto_cls.Config, {**proto_table, **sets["protocol"]}, f"protocol '{protocol}'")
+
+        runtime = build(RuntimeConfig, {**self.data["runtime"], **sets["runtime"]}, "runtime")
+        loss_cfg = self._resolve_loss(loss_name, sets["loss"])
+
+        if label is None:
+            label = loss + (f" [{', '.join(overrides)}]" if overrides else "")
+        return RunConfig(
+            label=label,
+            protocol_name=protocol,
+            backbone=backbone,
+            budget=budget,
+            dataset=ds,
+            recipe=recipe,
+            protocol=proto,
+            loss=loss_cfg,
+            runtime=runtime,
+        )
+
+    def _resolve_loss(self, name: str, sets: Mapping[str, Any]) -> LossConfig:
+        if not name:
+            if sets:
+                raise DiscbenchError(f"--set loss.{next(iter(sets))}: this row has no discrepancy to configure")
+            return LossConfig(name="", version=0, beta=0.0)
+        cls = LOSSES.get(name)
+        defaults = {"beta": 1.0, **cls.hparams()}
+        table = {**self.data.get("losses", {}).get(name, {}), **sets}
+        values = {}
+        for key, value in table.items():
+            if key not in defaults:
+                raise DiscbenchError(f"loss '{name}': unknown key '{key}'; valid keys: {', '.join(defaults)}")
+            default = defaults[key]
+            tp = Any if default is None else (tuple[type(default[0]), ...] if isinstance(default, tuple) and default
+                                              else type(default))
+            values[key] = coerce(value, tp, f"loss '{name}'.{key}")
+        merged = {**defaults, **values}
+        beta = merged.pop("beta")
+        return LossConfig(name=name, version=cls.version, beta=beta, hparams=dict(sorted(merged.items())))
+
+    # -- suites ---------------------------------------------------------------------------------------------------
+    def suite(self, name: str) -> Suite:
+        table = self._table("suites", name, "suite")
+        where = f"suite '{name}'"
+        rows = []
+        for i, row in enumerate(table.pop("rows", [])):
+            unknown = set(row) - {"loss", "label", "set"}
+            if unknown or "loss" not in row:
+                raise DiscbenchError(f"{where}: row {i} needs 'loss' and may have 'label' and 'set' (got {sorted(row)})")
+            sets = tuple(f"{k}={json.dumps(v)}" for k, v in row.get("set", {}).items())
+            rows.append(SuiteRow(loss=row["loss"], label=row.get("label", row["loss"]), overrides=sets))
+        if not rows:
+            raise DiscbenchError(f"{where}: no rows")
+        return build(Suite, table, where, name=name, rows=tuple(rows))

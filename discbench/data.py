@@ -1,0 +1,351 @@
+"""Datasets: loaders by on-disk layout, held on the device as uint8 and augmented there in batches.
+
+Small datasets (Fashion-MNIST, CIFAR, Tiny-ImageNet) are loaded once as uint8 tensors on the training device and
+augmented per batch on that device (random crop with zero padding, horizontal flip), reproducibly under a
+``torch.Generator`` seeded with the run's seed (airbench's approach, instead of a per-sample PIL DataLoader).
+ImageNet streams through ``torchvision.datasets.ImageFolder`` and a DataLoader.
+
+Nothing is downloaded unless the caller passes ``download=True`` (torchvision's downloaders, for machines with
+internet). A missing or corrupt dataset raises ``DiscbenchError`` naming the expected files and how to get them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from discbench.config import DatasetConfig, RecipeConfig
+from discbench.errors import DiscbenchError
+from discbench.registry import DATASETS
+
+DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+SUBSET_SEED = 20221130  # fixed: every run of every seed sees the same subset
+
+
+@dataclass
+class Batch:
+    """One training batch on the device. Shape: x (B, C, H, W) float, y (B,) int64, idx (B,) int64."""
+
+    x: Tensor
+    y: Tensor
+    idx: Tensor
+
+
+def data_root(data_dir: str | os.PathLike | None) -> Path | None:
+    """The user's data directory: ``--data-dir``, else ``$DISCBENCH_DATA``, else None."""
+    root = data_dir or os.environ.get("DISCBENCH_DATA")
+    return Path(root).expanduser() if root else None
+
+
+# -- augmentation on the device -----------------------------------------------------------------------------------------
+def random_crop_flip(images: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """Random crop with zero padding and random horizontal flip of a uint8 batch, all on its device.
+
+    Shape: images (B, C, H, W) -> (B, C, H, W).
+    """
+    b, c, h, w = images.shape
+    device = images.device
+    out = images
+    if padding:
+        padded = F.pad(images, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=device)
+        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=device)
+        rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]  # (B, 1, 1, W)
+        bidx = torch.arange(b, device=device)[:, None, None, None]
+        cidx = torch.arange(c, device=device)[None, :, None, None]
+        out = padded[bidx, cidx, rows, cols]
+    if flip:
+        mask = torch.rand(b, generator=generator, device=device) < 0.5
+        out = torch.where(mask[:, None, None, None], out.flip(3), out)
+    return out
+
+
+class Normalize:
+    """uint8 (B, C, H, W) -> float normalised with the dataset's mean and std."""
+
+    def __init__(self, cfg: DatasetConfig, device: torch.device):
+        self.mean = torch.tensor(cfg.mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(cfg.std, device=device).view(1, -1, 1, 1) * 255
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return (images.float() - self.mean) / self.std
+
+
+class ResidentData:
+    """A dataset held on the device as uint8; batches are augmented and normalised on the device."""
+
+    def __init__(self, cfg: DatasetConfig, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
+                 device: torch.device):
+        self.cfg = cfg
+        self.train_x, self.train_y = (t.to(device) for t in train)
+        self.test_x, self.test_y = (t.to(device) for t in test)
+        self.device = device
+        self.normalize = Normalize(cfg, device)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_y)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.test_y)
+
+    def subset(self, train: int, test: int) -> ResidentData:
+        """A fixed subset (the same for every seed): ``train`` and ``test`` samples, 0 for all."""
+
+        def pick(x: Tensor, y: Tensor, n: int) -> tuple[Tensor, Tensor]:
+            if not n or n >= len(y):
+                return x, y
+            perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(SUBSET_SEED))[:n].sort().values
+            perm = perm.to(x.device)
+            return x[perm], y[perm]
+
+        return ResidentData(self.cfg, pick(self.train_x, self.train_y, train), pick(self.test_x, self.test_y, test),
+                            self.device)
+
+    def train_epoch(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        """Shuffled, augmented batches of one epoch; the last incomplete batch is dropped."""
+        order = torch.randperm(self.num_train, generator=generator, device=self.device)
+        for start in range(0, self.num_train - batch_size + 1, batch_size):
+            idx = order[start:start + batch_size]
+            images = random_crop_flip(self.train_x[idx], self.cfg.crop_padding, self.cfg.flip, generator)
+            yield Batch(self.normalize(images), self.train_y[idx], idx)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return self.num_train // batch_size
+
+    def test_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, self.num_test, batch_size):
+            yield self.normalize(self.test_x[start:start + batch_size]), self.test_y[start:start + batch_size]
+
+
+# -- loaders by layout --------------------------------------------------------------------------------------------------
+Arrays = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise DiscbenchError(f"{path} is corrupt ({exc}); reinstall the dataset or delete the file") from exc
+    header = np.frombuffer(raw[:4], dtype=">u4")
+    if len(raw) < 8 or header[0] != magic:
+        raise DiscbenchError(f"{path} is not an IDX file with magic {magic}; reinstall the dataset")
+    ndim = magic & 0xFF
+    dims = np.frombuffer(raw[4:4 + 4 * ndim], dtype=">u4").astype(int)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DiscbenchError(f"{path} is truncated: {data.size} bytes for shape {tuple(dims)}; reinstall the dataset")
+    return data.reshape(dims)
+
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@DATASETS.register("idx")
+def load_idx(cfg: DatasetConfig, root: Path | None, download: bool) -> Arrays:
+    """MNIST-format IDX files (gzipped or not): Debian's ``dataset-fashion-mnist`` or torchvision's raw folder."""
+    candidates = [DEFAULT_FASHION_MNIST] if root is None else [root, root / cfg.name, root / "FashionMNIST" / "raw"]
+    if download and root is not None:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(root), train=True, download=True)
+        FashionMNIST(str(root), train=False, download=True)
+
+    def find(folder: Path, stem: str) -> Path | None:
+        for name in (stem + ".gz", stem):
+            if (folder / name).is_file():
+                return folder / name
+        return None
+
+    for folder in candidates:
+        files = [find(folder, stem) for stem in IDX_FILES]
+        if all(files):
+            break
+    else:
+        where = " or ".join(str(c) for c in candidates)
+        raise DiscbenchError(
+            f"{cfg.name} not found: expected {', '.join(s + '.gz' for s in IDX_FILES)} in {where}; "
+            f"install it with 'apt-get install dataset-fashion-mnist', or pass --data-dir DIR (with --download on a "
+            f"machine with internet)"
+        )
+    xtr, ytr, xte, yte = (_read_idx(f, m) for f, m in zip(files, (2051, 2049, 2051, 2049), strict=True))
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise DiscbenchError(f"{cfg.name} in {folder}: image and label counts differ; reinstall the dataset")
+    as_tensors = [torch.from_numpy(a.copy()) for a in (xtr, ytr, xte, yte)]
+    return (as_tensors[0][:, None], as_tensors[1].long()), (as_tensors[2][:, None], as_tensors[3].long())
+
+
+CIFAR_FILES = {
+    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", "CIFAR10"),
+    100: ("cifar-100-python", ["train"], ["test"], b"fine_labels", "CIFAR100"),
+}
+
+
+@DATASETS.register("cifar-pickle")
+def load_cifar(cfg: DatasetConfig, root: Path | None, download: bool) -> Arrays:
+    """CIFAR-10/100 in the python-pickle layout that torchvision reads (``<dir>/cifar-100-python/train``...)."""
+    folder_name, train_files, test_files, label_key, tv_name = CIFAR_FILES[cfg.num_classes]
+    if root is None:
+        raise DiscbenchError(
+            f"{cfg.name} needs a data directory: pass --data-dir DIR (or set DISCBENCH_DATA) where DIR/{folder_name}/ "
+            f"holds {', '.join(train_files + test_files)} from https://www.cs.toronto.edu/~kriz/cifar.html "
+            f"(or add --download on a machine with internet)"
+        )
+    if download:
+        import torchvision.datasets
+
+        getattr(torchvision.datasets, tv_name)(str(root), train=True, download=True)
+    folder = root / folder_name if (root / folder_name).is_dir() else root
+
+    def read(names: list[str]) -> tuple[Tensor, Tensor]:
+        xs, ys = [], []
+        for name in names:
+            path = folder / name
+            if not path.is_file():
+                raise DiscbenchError(
+                    f"{cfg.name} not found: expected {path} (the python version of {folder_name} from "
+                    f"https://www.cs.toronto.edu/~kriz/cifar.html, extracted into --data-dir), or add --download"
+                )
+            try:
+                with open(path, "rb") as f:
+                    entry = pickle.load(f, encoding="bytes")
+                data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                labels = np.asarray(entry[label_key], dtype=np.int64)
+            except Exception as exc:
+                raise DiscbenchError(f"{path} is corrupt or not a CIFAR pickle ({exc}); download it again") from exc
+            if len(data) != len(labels):
+                raise DiscbenchError(f"{path}: {len(data)} images but {len(labels)} labels; download it again")
+            xs.append(data)
+            ys.append(labels)
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    return read(train_files), read(test_files)
+
+
+def _image_folder_root(cfg: DatasetConfig, root: Path | None, folder_name: str) -> Path:
+    if root is None:
+        raise DiscbenchError(f"{cfg.name} needs a data directory: pass --data-dir DIR where DIR/{folder_name}/train "
+                             f"and DIR/{folder_name}/val hold one folder per class")
+    base = root / folder_name if (root / folder_name).is_dir() else root
+    if not (base / "train").is_dir() or not (base / "val").is_dir():
+        raise DiscbenchError(f"{cfg.name} not found: expected {base}/train and {base}/val (ImageFolder layout, one "
+                             f"folder per class); torchvision cannot download it, see the README")
+    return base
+
+
+@DATASETS.register("imagefolder-resident")
+def load_tinyimagenet(cfg: DatasetConfig, root: Path | None, download: bool) -> Arrays:
+    """Tiny-ImageNet: ``train/<wnid>/images/*.JPEG`` and either ``val/<wnid>/`` or the raw ``val/images`` with
+    ``val/val_annotations.txt``; decoded once into uint8 tensors."""
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    base = _image_folder_root(cfg, root, "tiny-imagenet-200")
+    train = ImageFolder(str(base / "train"))
+    annotations = base / "val" / "val_annotations.txt"
+    if annotations.is_file():
+        val = [(str(base / "val" / "images" / line.split("\t")[0]), train.class_to_idx[line.split("\t")[1]])
+               for line in annotations.read_text().splitlines() if line.strip()]
+    else:
+        val = ImageFolder(str(base / "val")).samples
+
+    def decode(samples: list[tuple[str, int]]) -> tuple[Tensor, Tensor]:
+        size = cfg.image_size
+        x = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
+        for i, (path, _) in enumerate(samples):
+            with Image.open(path) as img:
+                arr = np.asarray(img.convert("RGB").resize((size, size)), dtype=np.uint8)
+            x[i] = torch.from_numpy(arr).permute(2, 0, 1)
+        return x, torch.tensor([label for _, label in samples], dtype=torch.int64)
+
+    return decode(train.samples), decode(val)
+
+
+class StreamedImageFolder:
+    """ImageNet-scale data: ImageFolder + DataLoader with PIL augmentation (RandomResizedCrop, flip)."""
+
+    def __init__(self, cfg: DatasetConfig, base: Path, device: torch.device):
+        from torchvision import transforms
+        from torchvision.datasets import ImageFolder
+
+        norm = transforms.Normalize(cfg.mean, cfg.std)
+        size = cfg.image_size
+        train_tf = [transforms.RandomResizedCrop(size)] + ([transforms.RandomHorizontalFlip()] if cfg.flip else [])
+        self.train = ImageFolder(str(base / "train"), transforms.Compose([*train_tf, transforms.ToTensor(), norm]))
+        self.test = ImageFolder(str(base / "val"), transforms.Compose(
+            [transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(), norm]))
+        self.device = device
+        self.workers = min(8, os.cpu_count() or 1)
+        self.train_indices: list[int] | None = None
+        self.test_indices: list[int] | None = None
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_indices) if self.train_indices is not None else len(self.train)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.test_indices) if self.test_indices is not None else len(self.test)
+
+    def subset(self, train: int, test: int) -> StreamedImageFolder:
+        gen = torch.Generator().manual_seed(SUBSET_SEED)
+        if train and train < len(self.train):
+            self.train_indices = torch.randperm(len(self.train), generator=gen)[:train].sort().values.tolist()
+        if test and test < len(self.test):
+            self.test_indices = torch.randperm(len(self.test), generator=gen)[:test].sort().values.tolist()
+        return self
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return self.num_train // batch_size
+
+    def train_epoch(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        from torch.utils.data import DataLoader, Subset
+
+        indices = self.train_indices if self.train_indices is not None else range(len(self.train))
+        order = torch.randperm(len(indices), generator=generator, device=generator.device).cpu()
+        chosen = [indices[i] for i in order.tolist()]
+        loader = DataLoader(Subset(self.train, chosen), batch_size=batch_size, drop_last=True,
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        for step, (x, y) in enumerate(loader):
+            idx = torch.tensor(chosen[step * batch_size:(step + 1) * batch_size])
+            yield Batch(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),
+                        idx.to(self.device))
+
+    def test_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        from torch.utils.data import DataLoader, Subset
+
+        data = Subset(self.test, self.test_indices) if self.test_indices is not None else self.test
+        for x, y in DataLoader(data, batch_size=batch_size, num_workers=self.workers):
+            yield x.to(self.device), y.to(self.device)
+
+
+@DATASETS.register("imagefolder")
+def load_imagenet(cfg: DatasetConfig, root: Path | None, download: bool) -> Callable[[torch.device], object]:
+    """ImageNet in ImageFolder layout (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``), streamed."""
+    base = _image_folder_root(cfg, root, "imagenet")
+    return lambda device: StreamedImageFolder(cfg, base, device)
+
+
+def open_dataset(cfg: DatasetConfig, recipe: RecipeConfig, device: torch.device,
+                 data_dir: str | os.PathLike | None = None, download: bool = False) -> ResidentData:
+    """Load ``cfg`` with its layout's loader, move it to ``device`` and cut the recipe's fixed subsets."""
+    loaded = DATASETS.get(cfg.layout)(cfg, data_root(data_dir), download)
+    source = loaded(device) if callable(loaded) else ResidentData(cfg, *loaded, device=device)
+    expected = (cfg.channels, cfg.image_size, cfg.image_size)
+    if isinstance(source, ResidentData) and tuple(source.train_x.shape[1:]) != expected:
+        raise DiscbenchError(f"{cfg.name}: images are {tuple(source.train_x.shape[1:])}, bench.toml says "
+                             f"{expected}")
+    return source.subset(recipe.train_subset, recipe.test_subset)

@@ -1,0 +1,16 @@
+"""User-facing errors: one clear line, a non-zero exit, nothing half-written."""
+
+
+class DiscbenchError(Exception):
+    """An error caused by input the user can fix; the CLI prints its message as one line and exits with 2."""
+
+
+class NonFiniteLossError(DiscbenchError):
+    """A loss term became NaN or infinite during training."""
+
+    def __init__(self, term: str, step: int, epoch: int, value: float):
+        self.term, self.step, self.epoch, self.value = term, step, epoch, value
+        super().__init__(
+            f"non-finite loss: term '{term}' is {value} at epoch {epoch}, step {step}; "
+            f"lower the learning rate or the term's weight (--set ...), or check the plugin"
+        )

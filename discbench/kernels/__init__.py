@@ -1,0 +1,60 @@
+"""Critic kernels of the MI estimators, with one dispatch point.
+
+Layering (Liger-Kernel's): ``jsd_ref`` is the naive oracle and never imports triton; ``jsd_torch`` is a streamed
+``autograd.Function`` (the CPU path); ``jsd_triton`` holds the fused Triton kernels (the CUDA path). ``select_impl``
+picks one: ``DISCBENCH_IMPL=ref|torch|triton`` forces it (an impossible request raises), otherwise Triton on CUDA
+when it imports and the streamed path everywhere else. The trainer writes the implementation into each run record.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from discbench.errors import DiscbenchError
+from discbench.kernels.jsd_ref import jsd_mi_loss_ref
+from discbench.kernels.jsd_torch import jsd_mi_loss_torch
+
+IMPLS = ("ref", "torch", "triton")
+
+
+def triton_usable(device: torch.device) -> bool:
+    """Triton runs on CUDA devices, and on CPU tensors only under ``TRITON_INTERPRET=1``."""
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def select_impl(device: torch.device | str = "cpu") -> str:
+    """The critic implementation for ``device``: ``$DISCBENCH_IMPL`` if set, else triton on CUDA, else torch."""
+    device = torch.device(device)
+    requested = os.environ.get("DISCBENCH_IMPL", "").strip().lower()
+    if not requested or requested == "auto":
+        return "triton" if device.type == "cuda" and triton_usable(device) else "torch"
+    if requested not in IMPLS:
+        raise DiscbenchError(f"DISCBENCH_IMPL='{requested}' is not one of {', '.join(IMPLS)} (or auto)")
+    if requested == "triton" and not triton_usable(device):
+        raise DiscbenchError(f"DISCBENCH_IMPL=triton needs a CUDA device (or TRITON_INTERPRET=1) and an importable "
+                             f"triton; this run is on {device.type}. Use DISCBENCH_IMPL=torch")
+    return requested
+
+
+def jsd_mi_loss(local: Tensor, global_: Tensor, impl: str | None = None) -> Tensor:
+    """MUSE Eq. 5 JSD critic loss over local/global views, dispatched to ``impl`` (default: ``select_impl``).
+
+    Shape: local (B, N, D), global_ (B, D) -> scalar (fp32).
+    """
+    impl = impl or select_impl(local.device)
+    if impl == "ref":
+        return jsd_mi_loss_ref(local, global_)
+    if impl == "torch":
+        return jsd_mi_loss_torch(local, global_)
+    from discbench.kernels.jsd_triton import jsd_mi_loss_triton
+
+    return jsd_mi_loss_triton(local, global_)

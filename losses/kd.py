@@ -1,0 +1,43 @@
+"""Logit distillation (Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network", 2015)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Tap
+from discbench.registry import LOSSES
+
+
+def kd_divergence(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch (Hinton et al. §2).
+
+    The T^2 factor keeps the gradient scale independent of T. Computed in fp32. Gradient flows into whichever
+    argument is not detached by the caller.
+
+    Shape: student, teacher (B, K) -> scalar.
+    """
+    t = temperature
+    log_p_student = F.log_softmax(student.float() / t, dim=1)
+    log_p_teacher = F.log_softmax(teacher.float() / t, dim=1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * (t * t)
+
+
+@LOSSES.register()
+class KD(Discrepancy):
+    """Hinton's KD between logits: ``kd_divergence(source, target.detach(), T)``, T = 4 (RepDistiller, mdistiller).
+
+    Source: the student's (or an exit's) logits; target: the teacher's (or the last exit's) logits, detached.
+    """
+
+    name = "kd"
+    tap = Tap.LOGITS
+    pairing = Pairing.LAST
+    detaches_target = True
+
+    def __init__(self, source: FeatureSpec, target: FeatureSpec, temperature: float = 4.0):
+        super().__init__(source, target)
+        self.temperature = temperature
+
+    def forward(self, source: Tensor, target: Tensor, ctx: LossContext) -> LossOutput:
+        return LossOutput(kd_divergence(source, target.detach(), self.temperature))
