@@ -61,7 +61,7 @@ class RecipeConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """Device switches; each takes effect on CUDA only and is recorded with its effective value."""
+    """Device switches (bf16 autocast and compile on CUDA only), recorded with their effective values."""
 
     amp_bf16: bool
     channels_last: bool

@@ -208,7 +208,7 @@ def load_cifar(cfg: DatasetConfig, root: Path | None, download: bool) -> Arrays:
         import torchvision.datasets
 
         getattr(torchvision.datasets, tv_name)(str(root), train=True, download=True)
-    folder = root / folder_name if (root / folder_name).is_dir() else root
+    folder = root if (root / train_files[0]).is_file() else root / folder_name
 
     def read(names: list[str]) -> tuple[Tensor, Tensor]:
         xs, ys = [], []

@@ -10,7 +10,9 @@ class NonFiniteLossError(DiscbenchError):
 
     def __init__(self, term: str, step: int, epoch: int, value: float):
         self.term, self.step, self.epoch, self.value = term, step, epoch, value
+        name, _, module = term.partition("@")
+        where = f"term '{name}' of module {module}" if module else f"term '{name}'"
         super().__init__(
-            f"non-finite loss: term '{term}' is {value} at epoch {epoch}, step {step}; "
+            f"non-finite loss: {where} is {value} at epoch {epoch}, step {step}; "
             f"lower the learning rate or the term's weight (--set ...), or check the plugin"
         )

@@ -158,17 +158,30 @@ class SelfDistillation(nn.Module):
         out[f"exit{self.num_modules}"] = logits
         return out
 
+    @torch.no_grad()
     def cost(self, image_shape: tuple[int, ...]) -> dict:
-        """Parameters and forward FLOPs (one image) of each exit's inference path, and the losses' extra parameters."""
-        flops = module_flops(self, image_shape)
-        T = self.num_modules
+        """Parameters and forward FLOPs (one image) of each exit's inference path, and the losses' extra parameters.
+
+        The path of exit i is modules 1..i and exit i's branch (exit T: all modules and the network's head).
+        """
+        was_training = self.training
+        self.eval()
+        x = torch.zeros(1, *image_shape, device=next(self.parameters()).device)
+        stage_flops, features = [], []
+        for stage in self.net.stages:
+            flops, x = _counted(stage, x)
+            stage_flops.append(flops)
+            features.append(x)
+        heads = {i: branch for i, branch in enumerate(self.exits, start=1)}
+        heads[self.num_modules] = self.net.head
         per_exit = {}
-        for i in range(1, T + 1):
-            path = [f"net.stages.{j}" for j in range(i)] + [f"exits.{i - 1}" if i < T else "net.head"]
+        for i, head in heads.items():
+            head_flops, _ = _counted(head, features[i - 1])
             per_exit[f"exit{i}"] = {
-                "params": sum(count_parameters(self.get_submodule(name)) for name in path),
-                "flops": sum(flops.get(name, 0) for name in path),
+                "params": sum(count_parameters(s) for s in self.net.stages[:i]) + count_parameters(head),
+                "flops": sum(stage_flops[:i]) + head_flops,
             }
+        self.train(was_training)
         return {
             "backbone_params": count_parameters(self.net),
             "exit_params": count_parameters(self.exits),
@@ -177,13 +190,8 @@ class SelfDistillation(nn.Module):
         }
 
 
-def module_flops(model: nn.Module, image_shape: tuple[int, ...]) -> dict[str, int]:
-    """Forward FLOPs per submodule (qualified name) of ``model.predict`` on one image, by ``FlopCounterMode``."""
-    x = torch.zeros(1, *image_shape, device=next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
+def _counted(module: nn.Module, x: Tensor) -> tuple[int, Tensor]:
+    """FLOPs of ``module(x)`` (``FlopCounterMode``: 2 per multiply-add) and its output."""
     with FlopCounterMode(display=False) as counter:
-        model.predict(x)
-    model.train(was_training)
-    prefix = type(model).__name__ + "."
-    return {name.removeprefix(prefix): int(sum(ops.values())) for name, ops in counter.get_flop_counts().items()}
+        out = module(x)
+    return counter.get_total_flops(), out

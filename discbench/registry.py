@@ -105,7 +105,7 @@ class Registry(Generic[T]):
             except Exception as exc:  # a broken third-party package: say which one
                 self._lazy[key] = ep
                 raise DiscbenchError(f"cannot load {self.kind} '{key}' from {self._origins[key]}: {exc}") from exc
-            if getattr(obj, "name", key) != key:
+            if getattr(obj, "name", None) != key:
                 obj.name = key  # the entry-point name is the registry key
             self._entries[key] = obj
         if key not in self._entries:

@@ -1,0 +1,185 @@
+"""The ``discbench`` command line: run, sweep, leaderboard, list."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from discbench.errors import DiscbenchError
+from discbench.results import DEFAULT_RESULTS_DIR
+
+DEFAULT_LEADERBOARD = Path("results") / "LEADERBOARD.md"
+
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                             help="bench.toml to use (default: $DISCBENCH_CONFIG, ./bench.toml, the repository's).")
+results_option = click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
+                              default=DEFAULT_RESULTS_DIR, show_default=True, help="Where run records live.")
+data_options = [
+    click.option("--data-dir", default=None, help="Dataset root (default: $DISCBENCH_DATA; Fashion-MNIST: "
+                                                  "/usr/share/datasets/fashion-mnist)."),
+    click.option("--download", is_flag=True, help="Let torchvision download a missing dataset (needs internet)."),
+    click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)."),
+    click.option("--force", is_flag=True, help="Rerun seeds whose record already exists."),
+    click.option("--quiet", is_flag=True, help="No progress bars."),
+]
+
+
+def with_options(options):
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="discbench")
+def cli() -> None:
+    """discbench: feature discrepancy functions for knowledge distillation under identical protocols."""
+
+
+@cli.command()
+@click.option("--loss", required=True, help="A registered loss or a bench.toml baseline (discbench list losses).")
+@click.option("--backbone", default="resnet18", show_default=True)
+@click.option("--dataset", default="fashion-mnist", show_default=True)
+@click.option("--budget", default="smoke", show_default=True, help="Recipe in bench.toml: smoke, paper, ...")
+@click.option("--protocol", default="self", show_default=True)
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1), help="Runs seeds 0..N-1.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a resolved value, e.g. --set recipe.lr=0.05 --set loss.dim=64 (repeatable).")
+@click.option("--label", default=None, help="Row label in leaderboards (default: the loss and the overrides).")
+@results_option
+@config_option
+@with_options(data_options)
+def run(loss, backbone, dataset, budget, protocol, seeds, overrides, label, results_dir, config_path, data_dir,
+        download, device, force, quiet):
+    """Train seeds 0..N-1 of one configuration and write one record per seed."""
+    from discbench.config import Bench
+    from discbench.train import pick_device, run_seeds
+
+    cfg = Bench.load(config_path).resolve(loss, backbone, dataset, budget, protocol, overrides, label)
+    dev = pick_device(device)
+    click.echo(f"{cfg.label} | {backbone} | {dataset} | {budget} | {protocol} | config {cfg.hash} | {dev}", err=True)
+    run_seeds(cfg, range(seeds), results_dir, dev, force=force, data_dir=data_dir, download=download,
+              progress=not quiet)
+
+
+@cli.command()
+@click.option("--suite", required=True, help="A suite of bench.toml (discbench list suites).")
+@click.option("--budget", default=None, help="Recipe to use instead of the suite's.")
+@click.option("--seeds", default=None, type=click.IntRange(min=1), help="Seeds per row instead of the suite's.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the suite's tables to this file.")
+@results_option
+@config_option
+@with_options(data_options)
+def sweep(suite, budget, seeds, out, results_dir, config_path, data_dir, download, device, force, quiet):
+    """Run every (row, backbone, dataset, seed) of a suite, skipping existing records, then print its tables."""
+    from discbench.config import Bench
+    from discbench.leaderboard import render
+    from discbench.results import load_records
+    from discbench.train import pick_device, run_seeds
+
+    bench = Bench.load(config_path)
+    s = bench.suite(suite)
+    budget = budget or s.budget
+    n_seeds = seeds or s.seeds
+    configs = [bench.resolve(row.loss, backbone, dataset, budget, s.protocol, row.overrides, row.label)
+               for dataset in s.datasets for backbone in s.backbones for row in s.rows]
+    dev = pick_device(device)
+    cache: dict = {}
+    for i, cfg in enumerate(configs, 1):
+        click.echo(f"[{i}/{len(configs)}] {cfg.label} | {cfg.backbone} | {cfg.dataset.name} | {budget} | "
+                   f"config {cfg.hash}", err=True)
+        run_seeds(cfg, range(n_seeds), results_dir, dev, force=force, data_dir=data_dir, download=download,
+                  progress=not quiet, data_cache=cache)
+    wanted = {(c.hash, seed) for c in configs for seed in range(n_seeds)}
+    records = [r for r in load_records(results_dir) if (r["config_hash"], r["seed"]) in wanted]
+    text = render(records, title=f"suite `{suite}`")
+    if out:
+        _write_text(out, text)
+    click.echo(text)
+
+
+@cli.command()
+@results_option
+@click.option("--budget", default=None, help="Only records of this budget.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_LEADERBOARD,
+              show_default=True)
+def leaderboard(results_dir, budget, out):
+    """Render every record under --results-dir as markdown tables, write them to --out and print them."""
+    from discbench.leaderboard import render
+    from discbench.results import load_records
+
+    text = render(load_records(results_dir), budget=budget)
+    _write_text(out, text)
+    click.echo(text)
+
+
+@cli.command(name="list")
+@click.argument("what", type=click.Choice(["losses", "backbones", "datasets", "protocols", "budgets", "suites"]))
+@config_option
+def list_(what, config_path):
+    """Show registered names and where each comes from."""
+    from discbench.config import Bench
+    from discbench.registry import BACKBONES, DATASETS, LOSSES, PROTOCOLS
+
+    bench = Bench.load(config_path)
+    rows: list[tuple[str, str]]
+    if what == "losses":
+        rows = [(name, f"{origin}; hyper-parameters {_hparams(name)}") for name, origin in LOSSES.origins().items()]
+        rows += [(name, f"baseline in {bench.path}: {', '.join(sets) or 'protocol defaults'}")
+                 for name, sets in bench.baselines().items()]
+    elif what == "backbones":
+        rows = list(BACKBONES.origins().items())
+    elif what == "protocols":
+        rows = list(PROTOCOLS.origins().items())
+    elif what == "datasets":
+        loaders = DATASETS.origins()
+        layouts = {name: table.get("layout", "?") for name, table in bench.data["datasets"].items()}
+        rows = [(name, f"{bench.path}; loader '{layout}', {loaders.get(layout, 'unknown')}")
+                for name, layout in sorted(layouts.items())]
+    else:
+        rows = [(name, str(bench.path)) for name in bench.names("recipes" if what == "budgets" else "suites")]
+    width = max((len(n) for n, _ in rows), default=0)
+    for name, origin in rows:
+        click.echo(f"{name:<{width}}  {origin}")
+
+
+def _hparams(name: str) -> str:
+    from discbench.registry import LOSSES
+
+    params = LOSSES.get(name).hparams()
+    return ", ".join(f"{k}={v!r}" for k, v in params.items()) or "none"
+
+
+def _write_text(path: Path, text: str) -> None:
+    from discbench.results import atomic_write_text
+
+    atomic_write_text(path, text + "\n")
+    click.echo(f"wrote {path}", err=True)
+
+
+def main() -> None:
+    """Console entry point: a ``DiscbenchError`` becomes one line on stderr and exit status 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except DiscbenchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted: records of finished seeds are kept, the current seed wrote nothing", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Run records -> pandas -> tabulate -> markdown leaderboards. Tables are generated, never typed.
+
+For every (dataset, budget, protocol) the leaderboard has three tables:
+
+1. MUSE Table 1's layout: per-module top-1 of each backbone x method, with the plain network's top-1 as the
+   Baseline column (rows whose records have a single exit are the baseline);
+2. MUSE Table 6's layout: last-module top-1 of each method (rows) per backbone (columns);
+3. cost: the losses' extra parameters and the training throughput.
+
+Cells read ``78.75 ± 0.31 (n=3)``: mean and sample standard deviation (ddof=1) over seeds, last epoch. The best
+mean of each column (within a backbone in table 1) is bold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pandas as pd
+from tabulate import tabulate
+
+from discbench.errors import DiscbenchError
+
+GROUP = ["dataset", "budget", "protocol"]
+
+
+def records_frame(records: Iterable[dict]) -> pd.DataFrame:
+    """One row per record: identity columns, ``top1/exit<i>`` per exit, and cost columns."""
+    rows = []
+    for r in records:
+        row = {
+            "dataset": r["dataset"], "budget": r["budget"], "protocol": r["protocol"], "backbone": r["backbone"],
+            "label": r["label"], "config_hash": r["config_hash"], "seed": r["seed"], "loss": r["loss"]["name"],
+            "n_exits": len(r["final_top1"]), "loss_params": r["cost"]["loss_params"],
+            "images_per_second": r["timing"]["images_per_second"], "steps_per_second": r["timing"]["steps_per_second"],
+        }
+        row.update({f"top1/{k}": v for k, v in r["final_top1"].items()})
+        row["top1/last"] = r["final_top1"][max(r["final_top1"], key=lambda k: int(k.removeprefix("exit")))]
+        rows.append(row)
+    if not rows:
+        raise DiscbenchError("no run records found; run 'discbench run' or 'discbench sweep' first")
+    df = pd.DataFrame(rows)
+    # Two configurations under one label (e.g. bench.toml changed between runs) must not be averaged together.
+    n_hashes = df.groupby([*GROUP, "backbone", "label"])["config_hash"].transform("nunique")
+    df.loc[n_hashes > 1, "label"] = df["label"] + " (" + df["config_hash"].str[:6] + ")"
+    return df
+
+
+def cell(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "—"
+    if len(values) == 1:
+        return f"{values.mean():.2f} (n=1)"
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (n={len(values)})"
+
+
+def _bold_best(table: pd.DataFrame, means: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    table = table.copy()
+    for col in columns:
+        best = means[col].max()
+        if pd.notna(best):
+            hit = means[col] == best
+            table.loc[hit, col] = "**" + table.loc[hit, col] + "**"
+    return table
+
+
+def _row_order(df: pd.DataFrame) -> list[str]:
+    """Baselines (one exit) first, then rows without a discrepancy, then the rest; by label within each."""
+    info = df.groupby("label").agg(n_exits=("n_exits", "max"), loss=("loss", "first"))
+    return sorted(info.index, key=lambda label: (info.at[label, "n_exits"] > 1, info.at[label, "loss"] != "", label))
+
+
+def _exit_columns(df: pd.DataFrame) -> list[str]:
+    return sorted((c for c in df.columns if c.startswith("top1/exit")), key=lambda c: int(c.removeprefix("top1/exit")))
+
+
+def per_module_table(df: pd.DataFrame) -> str:
+    """MUSE Table 1 layout: backbone x method rows, Module 1..T columns, Baseline column."""
+    exits = _exit_columns(df)
+    headers = [f"Module {c.removeprefix('top1/exit')} ↑" for c in exits]
+    blocks = []
+    for backbone, sub in df.groupby("backbone", sort=True):
+        baseline = sub[sub["n_exits"] == 1]
+        rows = sub[sub["n_exits"] > 1]
+        labels = _row_order(rows) if not rows.empty else []
+        table = pd.DataFrame(index=labels, columns=headers, dtype=object)
+        means = pd.DataFrame(index=labels, columns=headers, dtype=float)
+        for label in labels:
+            runs = rows[rows["label"] == label]
+            for col, head in zip(exits, headers, strict=True):
+                table.loc[label, head] = cell(runs[col])
+                means.loc[label, head] = runs[col].mean()
+        table = _bold_best(table, means, headers)
+        table.insert(0, "Method", labels)
+        table.insert(0, "Backbone", backbone)
+        table["Baseline ↑"] = cell(baseline[exits[-1]]) if not baseline.empty else "—"
+        blocks.append(table)
+    if not blocks or all(b.empty for b in blocks):
+        return "_No runs with exits._"
+    return tabulate(pd.concat(blocks), headers="keys", tablefmt="pipe", showindex=False)
+
+
+def last_module_table(df: pd.DataFrame) -> str:
+    """MUSE Table 6 layout: methods as rows, backbones as columns, last-module top-1."""
+    backbones = sorted(df["backbone"].unique())
+    labels = _row_order(df)
+    heads = [f"{b} ↑" for b in backbones]
+    table = pd.DataFrame(index=labels, columns=heads, dtype=object)
+    means = pd.DataFrame(index=labels, columns=heads, dtype=float)
+    for label in labels:
+        for backbone, head in zip(backbones, heads, strict=True):
+            runs = df[(df["label"] == label) & (df["backbone"] == backbone)]
+            table.loc[label, head] = cell(runs["top1/last"])
+            means.loc[label, head] = runs["top1/last"].mean()
+    table = _bold_best(table, means, heads)
+    table.insert(0, "Method", labels)
+    return tabulate(table, headers="keys", tablefmt="pipe", showindex=False)
+
+
+def cost_table(df: pd.DataFrame) -> str:
+    """Extra parameters of the losses and training throughput per backbone x method."""
+    rows = []
+    for (backbone, label), runs in df.groupby(["backbone", "label"], sort=False):
+        rows.append({
+            "Backbone": backbone, "Method": label,
+            "Loss params ↓": f"{int(runs['loss_params'].iloc[0]):,}",
+            "Train images/s ↑": f"{runs['images_per_second'].mean():.0f}",
+            "Steps/s ↑": f"{runs['steps_per_second'].mean():.2f}",
+        })
+    order = {label: i for i, label in enumerate(_row_order(df))}
+    rows.sort(key=lambda r: (r["Backbone"], order[r["Method"]]))
+    return tabulate(rows, headers="keys", tablefmt="pipe")
+
+
+def render(records: Iterable[dict], budget: str | None = None, title: str = "discbench leaderboard") -> str:
+    """The markdown leaderboard of ``records`` (only ``budget`` if given)."""
+    df = records_frame(records)
+    if budget is not None:
+        df = df[df["budget"] == budget]
+        if df.empty:
+            raise DiscbenchError(f"no run records with budget '{budget}'")
+    parts = [f"# {title}", "",
+             "Top-1 accuracy (%) on the test split at the last epoch, mean ± sample std over seeds (n = seeds). "
+             "Generated by `discbench leaderboard` from the run records; do not edit by hand.", ""]
+    for (dataset, budget_, protocol), sub in df.groupby(GROUP, sort=True):
+        parts += [f"## {dataset} · budget `{budget_}` · protocol `{protocol}`", "",
+                  "### Per module (MUSE Table 1 layout)", "", per_module_table(sub), "",
+                  "### Last module (MUSE Table 6 layout)", "", last_module_table(sub), "",
+                  "### Cost", "", cost_table(sub), ""]
+    return "\n".join(parts)

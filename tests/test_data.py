@@ -1,0 +1,130 @@
+"""Data: the IDX and CIFAR loaders, device augmentation against a naive per-sample version, clear errors."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from discbench.data import ResidentData, load_cifar, load_idx, open_dataset, random_crop_flip
+from discbench.errors import DiscbenchError
+from tests.conftest import requires_fashion_mnist
+
+
+@requires_fashion_mnist
+def test_fashion_mnist_from_the_debian_package(bench):
+    cfg = bench.resolve("none", "smallnet", "fashion-mnist", "smoke").dataset
+    (xtr, ytr), (xte, yte) = load_idx(cfg, None, False)
+    assert xtr.shape == (60000, 1, 28, 28) and xtr.dtype == torch.uint8
+    assert xte.shape == (10000, 1, 28, 28)
+    assert torch.bincount(ytr).tolist() == [6000] * 10 and torch.bincount(yte).tolist() == [1000] * 10
+    # normalisation constants of bench.toml are the training split's mean and std
+    x = xtr.float() / 255
+    assert abs(x.mean().item() - cfg.mean[0]) < 1e-3 and abs(x.std().item() - cfg.std[0]) < 1e-3
+
+
+def write_idx(folder, stem, array, magic):
+    header = np.array([magic, *array.shape], dtype=">u4").tobytes()
+    with gzip.open(folder / f"{stem}.gz", "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_mnist(folder, n=40):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n), ("t10k", n // 2)):
+        write_idx(folder, f"{split}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)), 2051)
+        write_idx(folder, f"{split}-labels-idx1-ubyte", rng.integers(0, 10, (count,)), 2049)
+
+
+def test_idx_from_data_dir_and_errors(bench, tmp_path):
+    cfg = bench.resolve("none", "smallnet", "fashion-mnist", "smoke").dataset
+    fake_mnist(tmp_path)
+    (xtr, _), (xte, _) = load_idx(cfg, tmp_path, False)
+    assert xtr.shape == (40, 1, 28, 28) and xte.shape == (20, 1, 28, 28)
+    with pytest.raises(DiscbenchError, match=r"not found: expected train-images-idx3-ubyte.gz.*apt-get install "
+                                             r"dataset-fashion-mnist"):
+        load_idx(cfg, tmp_path / "nowhere", False)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"garbage")
+    with pytest.raises(DiscbenchError, match=r"t10k-labels-idx1-ubyte.gz is corrupt"):
+        load_idx(cfg, tmp_path, False)
+    write_idx(tmp_path, "t10k-labels-idx1-ubyte", np.zeros(5), 2049)  # 5 labels for 20 images
+    with pytest.raises(DiscbenchError, match=r"image and label counts differ"):
+        load_idx(cfg, tmp_path, False)
+
+
+def write_cifar100(root, n_train=64, n_test=32):
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in (("train", n_train), ("test", n_test)):
+        entry = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"fine_labels": rng.integers(0, 100, n).tolist(), b"coarse_labels": [0] * n}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f)
+    return folder
+
+
+def test_cifar_loader_and_errors(bench, tmp_path):
+    cfg = bench.resolve("none", "resnet18", "cifar100", "paper").dataset
+    with pytest.raises(DiscbenchError, match=r"cifar100 needs a data directory: pass --data-dir"):
+        load_cifar(cfg, None, False)
+    with pytest.raises(DiscbenchError, match=r"cifar-100-python/train"):
+        load_cifar(cfg, tmp_path, False)
+    folder = write_cifar100(tmp_path)
+    (xtr, ytr), (xte, yte) = load_cifar(cfg, tmp_path, False)
+    assert xtr.shape == (64, 3, 32, 32) and xte.shape == (32, 3, 32, 32) and ytr.max() < 100
+    raw = pickle.loads((folder / "train").read_bytes())
+    assert torch.equal(xtr[5], torch.from_numpy(raw[b"data"][5].reshape(3, 32, 32)))  # channel-major rows
+    (folder / "test").write_bytes(b"not a pickle")
+    with pytest.raises(DiscbenchError, match=r"test is corrupt or not a CIFAR pickle"):
+        load_cifar(cfg, tmp_path, False)
+
+
+def naive_crop_flip(images, dy, dx, flips, padding):
+    out = []
+    for img, y, x, f in zip(images, dy, dx, flips, strict=True):
+        padded = torch.nn.functional.pad(img, (padding,) * 4)
+        crop = padded[:, y:y + img.shape[1], x:x + img.shape[2]]
+        out.append(crop.flip(2) if f else crop)
+    return torch.stack(out)
+
+
+def test_device_augmentation_matches_a_per_sample_reference():
+    images = torch.randint(0, 256, (16, 3, 9, 7), dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(3)
+    out = random_crop_flip(images, 2, True, gen)
+    replay = torch.Generator().manual_seed(3)  # the same draws, in the same order
+    dy = torch.randint(0, 5, (16,), generator=replay)
+    dx = torch.randint(0, 5, (16,), generator=replay)
+    flips = torch.rand(16, generator=replay) < 0.5
+    assert torch.equal(out, naive_crop_flip(images, dy, dx, flips, 2))
+    assert 0 < flips.sum() < 16 and (dy != 2).any()
+    assert torch.equal(random_crop_flip(images, 0, False, gen), images)
+
+
+def test_batches_are_reproducible_and_subsets_fixed(bench, tmp_path):
+    cfg = bench.resolve("none", "smallnet", "fashion-mnist", "smoke").dataset
+    fake_mnist(tmp_path, n=100)
+    data = ResidentData(cfg, *load_idx(cfg, tmp_path, False), device=torch.device("cpu"))
+    sub = data.subset(60, 10)
+    assert (sub.num_train, sub.num_test) == (60, 10)
+    assert torch.equal(sub.train_x, data.subset(60, 10).train_x)  # the same subset for every seed
+    first = [b.idx for b in sub.train_epoch(16, torch.Generator().manual_seed(1))]
+    again = [b.idx for b in sub.train_epoch(16, torch.Generator().manual_seed(1))]
+    other = [b.idx for b in sub.train_epoch(16, torch.Generator().manual_seed(2))]
+    assert len(first) == 3 and all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+    batch = next(sub.train_epoch(16, torch.Generator().manual_seed(1)))
+    assert batch.x.dtype == torch.float32 and batch.x.shape == (16, 1, 28, 28)
+    assert torch.equal(batch.y, sub.train_y[batch.idx])
+
+
+def test_open_dataset_checks_shapes(bench, tmp_path):
+    cfg = bench.resolve("none", "smallnet", "fashion-mnist", "smoke",
+                        overrides=["dataset.image_size=32"])
+    fake_mnist(tmp_path)
+    with pytest.raises(DiscbenchError, match=r"images are \(1, 28, 28\), bench.toml says \(1, 32, 32\)"):
+        open_dataset(cfg.dataset, cfg.recipe, torch.device("cpu"), tmp_path)
