@@ -12,13 +12,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from discbench.errors import DiscbenchError
 from discbench.registry import LOSSES, PROTOCOLS, unknown_name_message
@@ -106,7 +107,7 @@ class RunConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# -- typed construction -----------------------------------------------------------------------------------------------
+# -- typed construction ----------------------------------------------------------------------------------------------
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -177,7 +178,7 @@ def parse_override(item: str) -> tuple[str, str, Any]:
     return section, name, value
 
 
-# -- bench.toml ---------------------------------------------------------------------------------------------------------
+# -- bench.toml ------------------------------------------------------------------------------------------------------
 def default_bench_path() -> Path:
     """``$DISCBENCH_CONFIG``, else ``./bench.toml``, else the repository's bench.toml."""
     env = os.environ.get("DISCBENCH_CONFIG")
@@ -333,7 +334,7 @@ class Bench:
         for i, row in enumerate(table.pop("rows", [])):
             unknown = set(row) - {"loss", "label", "set"}
             if unknown or "loss" not in row:
-                raise DiscbenchError(f"{where}: row {i} needs 'loss' and may have 'label' and 'set' (got {sorted(row)})")
+                raise DiscbenchError(f"{where}: row {i} needs 'loss', may have 'label' and 'set'; got {sorted(row)}")
             sets = tuple(f"{k}={json.dumps(v)}" for k, v in row.get("set", {}).items())
             rows.append(SuiteRow(loss=row["loss"], label=row.get("label", row["loss"]), overrides=sets))
         if not rows:

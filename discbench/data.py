@@ -46,7 +46,7 @@ def data_root(data_dir: str | os.PathLike | None) -> Path | None:
     return Path(root).expanduser() if root else None
 
 
-# -- augmentation on the device -----------------------------------------------------------------------------------------
+# -- augmentation on the device --------------------------------------------------------------------------------------
 def random_crop_flip(images: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
     """Random crop with zero padding and random horizontal flip of a uint8 batch, all on its device.
 
@@ -129,7 +129,7 @@ class ResidentData:
             yield self.normalize(self.test_x[start:start + batch_size]), self.test_y[start:start + batch_size]
 
 
-# -- loaders by layout --------------------------------------------------------------------------------------------------
+# -- loaders by layout -----------------------------------------------------------------------------------------------
 Arrays = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
