@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from discbench.errors import DiscbenchError
-from discbench.kernels.jsd_ref import jsd_mi_loss_ref
+from discbench.kernels.jsd_ref import jsd_mi_loss_ref, nce_mi_loss_ref
 from discbench.kernels.jsd_torch import jsd_mi_loss_torch
 
 IMPLS = ("ref", "torch", "triton")
@@ -58,3 +58,12 @@ def jsd_mi_loss(local: Tensor, global_: Tensor, impl: str | None = None) -> Tens
     from discbench.kernels.jsd_triton import jsd_mi_loss_triton
 
     return jsd_mi_loss_triton(local, global_)
+
+
+def nce_mi_loss(local: Tensor, global_: Tensor, impl: str | None = None) -> Tensor:
+    """InfoNCE critic loss over local/global views (MIMKD's contrastive bound), dispatched like ``jsd_mi_loss``.
+
+    Shape: local (B, N, D), global_ (B, D) -> scalar (fp32).
+    """
+    impl = impl or select_impl(local.device)
+    return nce_mi_loss_ref(local, global_)

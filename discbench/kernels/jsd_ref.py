@@ -1,4 +1,5 @@
-"""The Jensen-Shannon MI critic loss, written the obvious way: the test oracle of every other implementation.
+"""The local/global MI critic losses (JSD and InfoNCE), written the obvious way: the oracles of every other
+implementation.
 
 Never imports triton. Materialises the full (B, B, N) score tensor, like Deep InfoMax's ``fenchel_dual_loss``.
 """
@@ -28,3 +29,20 @@ def jsd_mi_loss_ref(local: Tensor, global_: Tensor) -> Tensor:
     if b > 1:
         loss = loss + F.softplus(scores[~eye]).mean()
     return loss
+
+
+def nce_mi_loss_ref(local: Tensor, global_: Tensor) -> Tensor:
+    """InfoNCE over DIM's local/global views (van den Oord et al. 2018; DIM's ``nce`` mode).
+
+    For every local vector (b, n) the candidates are the global vectors of all B images, the positive is c == b:
+
+        loss = mean_{b, n} [ logsumexp_c s[b, c, n] - s[b, b, n] ]
+
+    log B - loss is a lower bound on the MI between the local and the global view (it cannot exceed log B).
+
+    Shape: local (B, N, D), global_ (B, D) -> scalar (fp32).
+    """
+    b = local.shape[0]
+    scores = torch.einsum("bnd,cd->bcn", local.float(), global_.float())  # (B, B, N)
+    positives = scores[torch.arange(b), torch.arange(b)]  # (B, N)
+    return (torch.logsumexp(scores, dim=1) - positives).mean()
