@@ -149,6 +149,31 @@ def list_(what, config_path):
         click.echo(f"{name:<{width}}  {origin}")
 
 
+@cli.command()
+@click.option("--loss", required=True, help="A registered loss, built-in or from another package (discbench list "
+                                            "losses).")
+def validate(loss):
+    """Run the plugin contract suite (discbench.contract) on one loss: one line per check, then a summary.
+
+    Exit status 0 when every check passes, 1 when any fails, 2 for an unknown loss.
+    """
+    from discbench.contract import validate as run_contract
+    from discbench.registry import LOSSES
+
+    cls = LOSSES.get(loss)  # unknown name -> DiscbenchError -> exit 2 with "did you mean"
+    click.echo(f"{loss} v{cls.version} ({LOSSES.origins()[loss]}): tap '{cls.tap.value}', "
+               f"target {'detached' if cls.detaches_target else 'trained'}")
+    results = run_contract(loss)
+    width = max(len(r.check) for r in results)
+    for r in results:
+        click.echo(f"{'PASS' if r.passed else 'FAIL'}  {r.check:<{width}}  {r.detail}")
+    failed = sum(not r.passed for r in results)
+    click.echo(f"{loss}: {len(results) - failed}/{len(results)} checks passed" + (f", {failed} failed" if failed
+                                                                                       else ""))
+    if failed:
+        sys.exit(1)  # not ctx.exit: main() runs click with standalone_mode=False, which swallows Exit codes
+
+
 def _hparams(name: str) -> str:
     from discbench.registry import LOSSES
 
