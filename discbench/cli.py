@@ -98,7 +98,7 @@ def sweep(suite, budget, seeds, out, results_dir, config_path, data_dir, downloa
                   progress=not quiet, data_cache=cache)
     wanted = {(c.hash, seed) for c in configs for seed in range(n_seeds)}
     records = [r for r in load_records(results_dir) if (r["config_hash"], r["seed"]) in wanted]
-    text = render(records, title=f"suite `{suite}`")
+    text = render(records, title=f"suite `{suite}`", order=[row.label for row in s.rows])
     if out:
         _write_text(out, text)
     click.echo(text)

@@ -65,9 +65,11 @@ def _bold_best(table: pd.DataFrame, means: pd.DataFrame, columns: list[str]) -> 
 
 
 def _row_order(df: pd.DataFrame) -> list[str]:
-    """Baselines (one exit) first, then rows without a discrepancy, then the rest; by label within each."""
-    info = df.groupby("label").agg(n_exits=("n_exits", "max"), loss=("loss", "first"))
-    return sorted(info.index, key=lambda label: (info.at[label, "n_exits"] > 1, info.at[label, "loss"] != "", label))
+    """Rows by their given rank (a suite's order), then baselines (one exit) first, then rows without a
+    discrepancy, then the rest, by label within each."""
+    info = df.groupby("label").agg(rank=("rank", "min"), n_exits=("n_exits", "max"), loss=("loss", "first"))
+    return sorted(info.index, key=lambda label: (info.at[label, "rank"], info.at[label, "n_exits"] > 1,
+                                                 info.at[label, "loss"] != "", label))
 
 
 def _exit_columns(df: pd.DataFrame) -> list[str]:
@@ -132,9 +134,12 @@ def cost_table(df: pd.DataFrame) -> str:
     return tabulate(rows, headers="keys", tablefmt="pipe")
 
 
-def render(records: Iterable[dict], budget: str | None = None, title: str = "discbench leaderboard") -> str:
-    """The markdown leaderboard of ``records`` (only ``budget`` if given)."""
+def render(records: Iterable[dict], budget: str | None = None, title: str = "discbench leaderboard",
+           order: Iterable[str] = ()) -> str:
+    """The markdown leaderboard of ``records`` (only ``budget`` if given; rows in ``order`` first, e.g. a suite's)."""
     df = records_frame(records)
+    given = {label: i for i, label in enumerate(order)}
+    df["rank"] = df["label"].map(lambda label: given.get(label, len(given)))
     if budget is not None:
         df = df[df["budget"] == budget]
         if df.empty:
