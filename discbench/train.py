@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+import click
 import torch
 from torch import Tensor
 
@@ -122,8 +123,9 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
         sums: Tensor | None = None
         keys: list[str] = []
         epoch_steps = 0
-        bar = _progress(progress, steps_per_epoch, f"{cfg.label} | {cfg.backbone} | seed {seed} | "
-                                                   f"epoch {epoch + 1}/{r.epochs}")
+        bar = click.progressbar(length=steps_per_epoch, label=f"{cfg.label} | {cfg.backbone} | seed {seed} | "
+                                f"epoch {epoch + 1}/{r.epochs}", hidden=not progress, file=sys.stderr,
+                                show_pos=True, item_show_func=lambda means: summarize(means) if means else None)
         with bar:
             for batch in data.train_epoch(r.batch_size, generator):
                 x = batch.x.contiguous(memory_format=torch.channels_last) if runtime["channels_last"] else batch.x
@@ -140,7 +142,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
                 sums = values if sums is None else sums + values
                 step += 1
                 epoch_steps += 1
-                bar.update(dict(zip(["loss", *keys], (sums / epoch_steps).tolist(), strict=True)))
+                bar.update(1, dict(zip(["loss", *keys], (sums / epoch_steps).tolist(), strict=True)))
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         train_seconds += time.time() - epoch_start
@@ -159,41 +161,6 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
         timing={"wall_seconds": time.time() - started, "train_seconds": train_seconds, "steps": step,
                 "images_per_second": images / train_seconds, "steps_per_second": step / train_seconds},
     )
-
-
-class _progress:
-    """A click progress bar that shows the running means of the terms (stderr; quiet when disabled)."""
-
-    def __init__(self, enabled: bool, length: int, label: str):
-        import click
-
-        self.means: dict[str, float] = {}
-        self.bar = click.progressbar(length=length, label=label, file=sys.stderr if enabled else _Null(),
-                                     item_show_func=lambda _: summarize(self.means) if self.means else None,
-                                     show_pos=True)
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
-
-    def update(self, means: dict[str, float]) -> None:
-        """One more step, with the running means of the terms."""
-        self.means = means
-        self.bar.update(1)
-
-
-class _Null:
-    def write(self, _: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
 
 
 def run_seeds(cfg: RunConfig, seeds: Iterable[int], results_dir: Path, device: torch.device, force: bool = False,
