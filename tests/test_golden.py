@@ -142,3 +142,248 @@ def test_muse_golden_by_hand(name, combine):
         if plugin.si_global_encoder is not None:
             si = jsd_loss_by_loops(local, encode_by_hand(plugin.si_global_encoder, s.mean(dim=(2, 3))))
         assert golden(name)[case.name] == pytest.approx(combine(mi, si), rel=1e-5)
+
+
+# -- the zoo's stored values by hand (float64, written from each plugin's docstring, not by calling its helpers) -----
+def block_mean(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Average pooling of a (B, C, H, W) map to side x side when side divides H and W (adaptive pooling then)."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, side, h // side, side, w // side).mean(dim=(3, 5))
+
+
+def matched(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The larger map pooled to the smaller (the contract's cases have sizes that divide each other)."""
+    side = min(s.shape[-1], t.shape[-1])
+    return block_mean(s, side), block_mean(t, side)
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+
+
+def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().double() for k, v in module.state_dict().items()}
+
+
+def batch_norm_train(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Training-mode BN of a (B, C, H, W) map: per-channel batch mean and biased variance."""
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
+    return (x - mean) / (var + eps).sqrt() * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1)
+
+
+def conv1x1(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    y = torch.einsum("bchw,oc->bohw", x, w.flatten(1))
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+
+def test_at_golden_by_hand():
+    """mean over (B, HW) of (q_s/|q_s| - q_t/|q_t|)^2 with q = mean_c A^2 (p = 2) of the size-matched maps."""
+    for case in cases(LOSSES.get("at")):
+        s, t = matched(*inputs(case))
+        qs, qt = (x.pow(2).mean(dim=1).flatten(1) for x in (s, t))
+        qs, qt = qs / qs.norm(dim=1, keepdim=True), qt / qt.norm(dim=1, keepdim=True)
+        assert golden("at")[case.name] == pytest.approx((qs - qt).pow(2).mean().item(), rel=1e-5)
+
+
+def channel_sets(case: Case) -> tuple[torch.Tensor, torch.Tensor]:
+    """NST's samples: every channel's flattened map of the size-matched pair, unit-normalised. (B, C, HW) each."""
+    s, t = matched(*inputs(case))
+    x, y = s.flatten(2), t.flatten(2)
+    return x / x.norm(dim=2, keepdim=True), y / y.norm(dim=2, keepdim=True)
+
+
+def mmd2_by_loops(x: torch.Tensor, y: torch.Tensor, k) -> float:
+    """Biased MMD^2 of one image's sample sets by explicit double sums. x (N, D), y (M, D)."""
+    def mean_k(a, b):
+        return sum(k(a[i], b[j]) for i in range(len(a)) for j in range(len(b))) / (len(a) * len(b))
+
+    return mean_k(x, x) + mean_k(y, y) - 2 * mean_k(x, y)
+
+
+def test_mmd_golden_by_hand():
+    """NST: per image, MMD^2 of the channel sets under k(a, b) = (a . b)^2, averaged over the batch."""
+    for case in cases(LOSSES.get("mmd")):
+        x, y = channel_sets(case)
+        per_image = [mmd2_by_loops(x[i], y[i], lambda a, b: float(a @ b) ** 2) for i in range(len(x))]
+        assert golden("mmd")[case.name] == pytest.approx(sum(per_image) / len(per_image), rel=1e-5)
+
+
+def test_mmd_rbf_golden_by_hand():
+    """Gaussian kernel, sigma^2 = the lower median squared distance over distinct pairs of the pooled set, per image."""
+    for case in cases(LOSSES.get("mmd_rbf")):
+        x, y = channel_sets(case)
+        per_image = []
+        for i in range(len(x)):
+            z = torch.cat([x[i], y[i]])
+            d2 = sorted(float((z[a] - z[b]).pow(2).sum()) for a in range(len(z)) for b in range(a + 1, len(z)))
+            sigma2 = d2[(len(d2) - 1) // 2]
+            per_image.append(mmd2_by_loops(x[i], y[i], lambda a, b, s2=sigma2: math.exp(-float((a - b).pow(2).sum())
+                                                                                         / (2 * s2))))
+        assert golden("mmd_rbf")[case.name] == pytest.approx(sum(per_image) / len(per_image), rel=1e-5)
+
+
+def test_dml_golden_by_hand():
+    """DML Eq. 3 at T = 1: mean_b sum_k p_peer (log p_peer - log p_self)."""
+    assert LOSSES.get("dml").hparams()["temperature"] == 1.0
+    for case in cases(LOSSES.get("dml")):
+        s, t = inputs(case)
+        log_ps, log_pt = log_softmax_by_hand(s), log_softmax_by_hand(t)
+        kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean().item()
+        assert golden("dml")[case.name] == pytest.approx(kl, rel=1e-5)
+
+
+def fitnet_regressor_by_hand(x: torch.Tensor, p: dict, ratio: float, eps: float) -> torch.Tensor:
+    """The regressor's conv for the contract's three reduction ratios, by explicit sums; then BN (train) and ReLU."""
+    w = p["regressor.conv.weight"]
+    if ratio == 1:  # 1x1 conv
+        y = conv1x1(x, w)
+    elif ratio > 1:  # k x k conv with stride k on non-overlapping patches
+        k = int(ratio)
+        b, c, h, wd = x.shape
+        patches = x.reshape(b, c, h // k, k, wd // k, k)
+        y = torch.einsum("bcyixj,ocij->boyx", patches, w)
+    else:  # ratio 1/2: transposed conv, kernel 4, stride 2, padding 1: out[2 iy - 1 + ky] += w[.., ky] x[iy]
+        b, c, h, wd = x.shape
+        y = torch.zeros(b, w.shape[1], 2 * h, 2 * wd, dtype=x.dtype)
+        for iy in range(h):
+            for ix in range(wd):
+                for ky in range(4):
+                    for kx in range(4):
+                        oy, ox = 2 * iy - 1 + ky, 2 * ix - 1 + kx
+                        if 0 <= oy < 2 * h and 0 <= ox < 2 * wd:
+                            y[:, :, oy, ox] += x[:, :, iy, ix] @ w[:, :, ky, kx]
+    return batch_norm_train(y, p["regressor.bn.weight"], p["regressor.bn.bias"], eps).clamp(min=0)
+
+
+def test_fitnet_golden_by_hand():
+    """mean((r(source) - target)^2), r = conv (by the reduction ratio), BN, ReLU (FitNets Eq. 3, RepDistiller)."""
+    cls = LOSSES.get("fitnet")
+    for case in cases(cls):
+        plugin = build(cls, case)
+        s, t = inputs(case)
+        ratio = case.target.reduction / case.source.reduction
+        hint = fitnet_regressor_by_hand(s, weights(plugin), ratio, plugin.regressor.bn.eps)
+        assert golden("fitnet")[case.name] == pytest.approx((hint - t).pow(2).mean().item(), rel=1e-5)
+
+
+def test_vid_golden_by_hand():
+    """mean over (B, C_t, h, w) of 1/2 [(mu - t)^2 / sigma_c^2 + log sigma_c^2], mu three 1x1 convs with ReLUs,
+    sigma_c^2 = log(1 + exp(alpha_c)) + eps, on the size-matched pair."""
+    cls = LOSSES.get("vid")
+    for case in cases(cls):
+        plugin = build(cls, case)
+        p = weights(plugin)
+        s, t = matched(*inputs(case))
+        mu = conv1x1(conv1x1(conv1x1(s, p["regressor.0.weight"]).clamp(min=0), p["regressor.2.weight"]).clamp(min=0),
+                     p["regressor.4.weight"])
+        var = (torch.log1p(torch.exp(p["log_scale"])) + plugin.eps).view(1, -1, 1, 1)
+        nll = 0.5 * ((mu - t) ** 2 / var + var.log())
+        assert golden("vid")[case.name] == pytest.approx(nll.mean().item(), rel=1e-5)
+
+
+def mlp_discriminator(p: dict, v: torch.Tensor) -> torch.Tensor:
+    """Linear, LeakyReLU(0.2), Linear from the weights ``p``. (B, C) -> (B,)."""
+    h = v @ p["discriminator.0.weight"].T + p["discriminator.0.bias"]
+    h = torch.where(h > 0, h, 0.2 * h)
+    return (h @ p["discriminator.2.weight"].T + p["discriminator.2.bias"]).squeeze(1)
+
+
+def test_adversarial_golden_by_hand():
+    """BCE(D(pool t), 1) + BCE(D(P pool s), 0), D = Linear, LeakyReLU(0.2), Linear (the reversal is the identity
+    in the forward pass)."""
+    cls = LOSSES.get("adversarial")
+    for case in cases(cls):
+        p = weights(build(cls, case))
+        s, t = inputs(case)
+
+        fake = s.mean(dim=(2, 3)) @ p["projection.weight"].T + p["projection.bias"]
+        loss = softplus(-mlp_discriminator(p, t.mean(dim=(2, 3)))).mean() + softplus(mlp_discriminator(p, fake)).mean()
+        assert golden("adversarial")[case.name] == pytest.approx(loss.item(), rel=1e-5)
+
+
+def map_discriminator(p: dict, x: torch.Tensor) -> torch.Tensor:
+    """AFD's critic from the weights ``p``: 1x1 conv, LeakyReLU, 3x3 stride-2 conv (padding 1, by its 9 taps),
+    LeakyReLU, spatial mean, linear. (B, C, H, W) -> (B,)."""
+    h = conv1x1(x, p["discriminator.body.0.weight"], p["discriminator.body.0.bias"])
+    h = torch.where(h > 0, h, 0.2 * h)
+    padded = torch.nn.functional.pad(h, (1, 1, 1, 1))
+    side = (h.shape[-1] + 1) // 2
+    w3 = p["discriminator.body.2.weight"]
+    out = torch.zeros(h.shape[0], w3.shape[0], side, side, dtype=h.dtype)
+    for ky in range(3):
+        for kx in range(3):
+            window = padded[:, :, ky:ky + 2 * side:2, kx:kx + 2 * side:2]  # (B, hidden, side, side)
+            out += torch.einsum("bchw,oc->bohw", window, w3[:, :, ky, kx])
+    out = out + p["discriminator.body.2.bias"].view(1, -1, 1, 1)
+    out = torch.where(out > 0, out, 0.2 * out).mean(dim=(2, 3))
+    return (out @ p["discriminator.body.6.weight"].T + p["discriminator.body.6.bias"]).squeeze(1)
+
+
+def test_afd_golden_by_hand():
+    """L_D + L_G = mean (1 - D(peer))^2 + mean D(fake)^2 + mean (1 - D(fake))^2 (LSGAN), fake = ReLU(BN(1x1 conv))
+    of the size-matched own map; D = 1x1 conv, LeakyReLU, 3x3 stride-2 conv (padding 1), LeakyReLU, mean, linear."""
+    cls = LOSSES.get("afd")
+    for case in cases(cls):
+        plugin = build(cls, case)
+        p = weights(plugin)
+        s, t = matched(*inputs(case))
+        assert case.source.channels != case.target.channels  # the transfer layer exists in every contract case
+        fake = batch_norm_train(conv1x1(s, p["transfer.0.weight"]), p["transfer.1.weight"], p["transfer.1.bias"],
+                                plugin.transfer[1].eps).clamp(min=0)
+
+        d_real, d_fake = map_discriminator(p, t), map_discriminator(p, fake)
+        loss = (1 - d_real).pow(2).mean() + d_fake.pow(2).mean() + (1 - d_fake).pow(2).mean()
+        assert golden("afd")[case.name] == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_mimkd_golden_by_hand():
+    """InfoNCE by loops: mean over (b, n) of log sum_c exp(s[b, c, n]) - s[b, b, n], s = <E_L(l), E_G(g)> / sqrt(D)."""
+    cls = LOSSES.get("mimkd")
+    for case in cases(cls):
+        plugin = build(cls, case)
+        s, t = inputs(case)
+        b, c, h, w = s.shape
+        local = encode_by_hand(plugin.local_encoder, s.permute(0, 2, 3, 1).reshape(b * h * w, c)).view(b, h * w, -1)
+        glob = encode_by_hand(plugin.global_encoder, t.mean(dim=(2, 3))) / math.sqrt(plugin.dim)
+        terms = []
+        for i in range(b):
+            scores = torch.stack([local[i] @ glob[j] for j in range(b)])  # (B, N): location n of i against each j
+            terms.append(scores.exp().sum(dim=0).log() - scores[i])
+        assert golden("mimkd")[case.name] == pytest.approx(torch.cat(terms).mean().item(), rel=1e-5)
+
+
+def crd_embed(p: dict, x: torch.Tensor, side: str) -> torch.Tensor:
+    """CRD's head g: pooled map, linear, L2 normalisation. (B, C, H, W) -> (B, dim)."""
+    v = x.mean(dim=(2, 3)) @ p[f"embed_{side}.linear.weight"].T + p[f"embed_{side}.linear.bias"]
+    return v / v.norm(dim=1, keepdim=True)
+
+
+def test_crd_golden_by_hand():
+    """NCE of both anchor sides (CRD §3.1 as RepDistiller): banks, negatives and Z replayed from the seed-0 global
+    RNG in the order the plugin draws them (heads at construction, then the two banks, then the negatives)."""
+    from discbench.contract import BATCH, DATASET_SIZE, context
+
+    cls = LOSSES.get("crd")
+    for case in cases(cls):
+        plugin = build(cls, case)  # leaves the global RNG where the plugin's first forward starts drawing
+        n, dim, tau = DATASET_SIZE, plugin.dim, plugin.temperature
+        bound = 1.0 / math.sqrt(dim / 3)
+        bank_s = ((torch.rand(n, dim) * 2 - 1) * bound).double()
+        bank_t = ((torch.rand(n, dim) * 2 - 1) * bound).double()
+        k = min(plugin.nce_k, n - 1)
+        r = torch.randint(0, n - 1, (BATCH, k))
+        gen = torch.Generator().manual_seed(0)  # the contract's inputs, then its context from the same generator
+        s, t = (x.double() for x in (sample(case.source, gen), sample(case.target, gen)))
+        anchors = context(gen).indices
+        negatives = r + (r >= anchors[:, None]).long()  # uniform over the N - 1 other indices
+        p = weights(plugin)
+
+        total = 0.0
+        for v, bank in ((crd_embed(p, s, "source"), bank_t), (crd_embed(p, t, "target"), bank_s)):
+            scores = torch.stack([torch.stack([v[i] @ bank[j] for j in [int(anchors[i]), *negatives[i].tolist()]])
+                                  for i in range(BATCH)]) / tau  # (B, 1+K), column 0 the positive
+            log_z = torch.logsumexp(scores.flatten(), 0) - math.log(scores.numel()) + math.log(n)
+            log_p, c = scores - log_z, math.log(k / (n - 1))
+            total += (softplus(c - log_p[:, 0]) + softplus(log_p[:, 1:] - c).sum(dim=1)).mean().item()
+        assert golden("crd")[case.name] == pytest.approx(total, rel=1e-5)
