@@ -38,7 +38,8 @@ class AT(Discrepancy):
       attention maps have no channels;
     - |A|^p (the paper's definition) rather than RepDistiller's A^p: equal for p = 2 and for post-ReLU maps;
     - the target is detached (attention *transfer*: in self-distillation F_T is not pulled to F_i);
-    - ``Pairing.SAME_STAGE``: the paper pairs groups of the same resolution (its Fig. 3).
+    - ``Pairing.SAME_STAGE``: the paper transfers attention between the ends of corresponding groups of blocks,
+      which have the same resolution.
 
     Args:
         p: the exponent of F^p_sum (the paper's experiments and RepDistiller use 2).

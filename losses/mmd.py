@@ -10,6 +10,9 @@ with the squared maximum mean discrepancy, expanded with the kernel trick (§3.2
 the biased (V-statistic) estimate that NST and RepDistiller (``distiller_zoo/NST.py``) use. The module exposes the
 pieces: kernels are small functions on batched row sets, ``mmd2`` takes any of them, so that closed forms (a linear
 kernel gives the squared distance of the means) can be tested.
+
+Section and equation numbers follow arXiv:1707.01219; the paper text is not in shared/, so they were written from the
+published formulas and RepDistiller's code, not re-checked against the PDF.
 """
 
 from __future__ import annotations
