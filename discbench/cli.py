@@ -96,8 +96,11 @@ def sweep(suite, budget, seeds, out, results_dir, config_path, data_dir, downloa
                    f"config {cfg.hash}", err=True)
         run_seeds(cfg, range(n_seeds), results_dir, dev, force=force, data_dir=data_dir, download=download,
                   progress=not quiet, data_cache=cache)
-    wanted = {(c.hash, seed) for c in configs for seed in range(n_seeds)}
-    records = [r for r in load_records(results_dir) if (r["config_hash"], r["seed"]) in wanted]
+    # A record is found by its configuration hash whatever its label (another suite may have run the same
+    # configuration first); the suite's tables show the suite's own row labels.
+    label_of = {c.hash: c.label for c in configs}
+    records = [{**r, "label": label_of[r["config_hash"]]} for r in load_records(results_dir)
+               if r["config_hash"] in label_of and r["seed"] < n_seeds]
     text = render(records, title=f"suite `{suite}`", order=[row.label for row in s.rows])
     if out:
         _write_text(out, text)

@@ -16,7 +16,7 @@ def params():
                 yield pytest.param(name, case, check, id=f"{name}-{check}-{case.name}")
 
 
-@pytest.mark.parametrize("name,case,check", params())
+@pytest.mark.parametrize("name,case,check", list(params()))
 def test_contract(name, case, check):
     CHECKS[check](LOSSES.get(name), case)
 
