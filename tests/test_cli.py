@@ -133,3 +133,32 @@ def test_list(capsys, monkeypatch):
     assert "mi_x_si" in out and "built-in (discbench.losses.muse)" in out and "baseline in" in out
     status, out, _ = discbench(capsys, monkeypatch, "list", "datasets")
     assert "fashion-mnist" in out and "loader 'idx'" in out
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_sweep_runs_a_suite_and_labels_rows_as_the_suite_does(tmp_path, capsys, monkeypatch):
+    tiny_sets = "{" + ", ".join(f'"{k}" = {v}' for k, v in (o.split("=", 1) for o in TINY)) + "}"
+    config = tmp_path / "bench.toml"
+    config.write_text((REPO / "bench.toml").read_text() + f"""
+[suites.tiny]
+protocol = "self"
+datasets = ["fashion-mnist"]
+backbones = ["smallnet"]
+seeds = 2
+budget = "smoke"
+rows = [{{ loss = "none", label = "Baseline", set = {tiny_sets} }},
+        {{ loss = "mi", label = "MI + CE + KD", set = {tiny_sets} }}]
+""")
+    res = tmp_path / "runs"
+    # the same configuration as the suite's "MI + CE + KD" row, run first under another label
+    status, _, err = discbench(capsys, monkeypatch, "run", "--loss", "mi", "--backbone", "smallnet", "--seeds", "1",
+                               "--config", str(config), "--results-dir", str(res), "--quiet", "--label", "other",
+                               *tiny())
+    assert status == 0, err
+    status, out, err = discbench(capsys, monkeypatch, "sweep", "--suite", "tiny", "--config", str(config),
+                                 "--results-dir", str(res), "--quiet")
+    assert status == 0, err
+    assert sum(line.startswith("skip ") for line in err.splitlines()) == 1 and len(records(res)) == 4
+    assert "# suite `tiny`" in out and "| MI + CE + KD |" in out and "other" not in out
+    assert "Baseline ↑" in out and out.count("(n=2)") >= 5
