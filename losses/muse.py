@@ -30,6 +30,12 @@ ICLR 2019), whose global/local views §3.2 says MUSE follows:
   and SI have separate global encoders, so they are separate critics.
 - The target is *not* detached: §3.2 says F_T "can be aware of more local information", so MI trains F_T too.
 - Loss values are logged per module as ``mi@i`` and ``si@i`` (JSD losses: lower means more information).
+
+Memory: with the critic streamed (discbench.kernels), the local encoder's activations on all B*H*W locations
+dominate the loss's memory (four (B*H*W, D) tensors saved for backward). Unless ``DISCBENCH_IMPL=ref``, the local
+encoder saves only its input and recomputes its activations in row chunks during backward (``RecomputedInfoMax``);
+its forward runs the very same modules, so values and BatchNorm running statistics are bit-identical to the plain
+path, and gradients agree to float rounding (tests/test_muse_memory.py).
 """
 
 from __future__ import annotations
@@ -37,18 +43,23 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Tap
 from discbench.features import locations, pooled
-from discbench.kernels import jsd_mi_loss
+from discbench.kernels import jsd_mi_loss, select_impl
 from discbench.registry import LOSSES
 
 
 class InfoMaxEncoder(nn.Module):
-    """DIM's 1x1-conv MI encoder as an MLP on vectors. Shape: (M, C) -> (M, D)."""
+    """DIM's 1x1-conv MI encoder as an MLP on vectors. Shape: (M, C) -> (M, D).
 
-    def __init__(self, in_features: int, dim: int):
+    ``recompute``: in training, unless ``DISCBENCH_IMPL=ref``, keep only the input for backward and recompute the
+    activations there (``RecomputedInfoMax``); worth it for the local encoder, whose M = B*H*W rows dominate memory.
+    """
+
+    def __init__(self, in_features: int, dim: int, recompute: bool = False):
         super().__init__()
         self.block = nn.Sequential(nn.Linear(in_features, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
                                    nn.Linear(dim, dim))
@@ -58,9 +69,79 @@ class InfoMaxEncoder(nn.Module):
             n = min(in_features, dim)
             self.shortcut.weight[torch.arange(n), torch.arange(n)] = 1.0
         self.norm = nn.LayerNorm(dim)
+        self.recompute = recompute
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.recompute and self.training and torch.is_grad_enabled() and select_impl(x.device) != "ref":
+            return RecomputedInfoMax.apply(x, self, *self.weights())
         return self.norm(self.block(x) + self.shortcut(x))
+
+    def weights(self) -> tuple[Tensor, ...]:
+        """(W1, gamma, beta, W2, b2, W_shortcut, ln_weight, ln_bias): the order ``RecomputedInfoMax`` takes them."""
+        first, bn, _, second = self.block
+        return first.weight, bn.weight, bn.bias, second.weight, second.bias, self.shortcut.weight, self.norm.weight, \
+            self.norm.bias
+
+
+class RecomputedInfoMax(torch.autograd.Function):
+    """``InfoMaxEncoder`` in training mode, saving only its input x (M, C) and the BatchNorm's batch statistics.
+
+    Forward runs the encoder's own modules under no_grad (same values, same running-statistics update as the plain
+    path) and keeps mean and 1/std of the pre-activation a = x W1^T over all M rows (2 D floats). Backward walks
+    chunks of CHUNK_ELEMENTS / D rows twice:
+
+    1. recompute the chunk with mean and 1/std as leaf inputs and let autograd give d x (direct and shortcut paths),
+       every weight's gradient and d mean, d(1/std) of the chunk (summed over chunks);
+    2. add the batch statistics' share to d a: with s = 1/std = (var + eps)^-1/2 over the biased variance,
+       d a_r += d mean / M - d s * s^3 (a_r - mean) / M, then d x += d a W1 and d W1 += d a^T x.
+
+    Memory: O(M C + M D) for the incoming gradient and d x, plus one chunk's activations, instead of four (M, D)
+    activations held from forward to backward.
+    """
+
+    CHUNK_ELEMENTS = 1 << 18
+
+    @staticmethod
+    def forward(ctx, x: Tensor, encoder: InfoMaxEncoder, *weights: Tensor) -> Tensor:
+        first, bn, relu, second = encoder.block
+        a = first(x)  # (M, D)
+        var, mean = torch.var_mean(a, dim=0, correction=0)  # the statistics BatchNorm normalises with
+        h = relu(bn(a))
+        del a
+        u = second(h)
+        del h
+        u += encoder.shortcut(x)  # in place: the same float additions as block(x) + shortcut(x), one (M, D) fewer
+        ctx.save_for_backward(x, mean, torch.rsqrt(var + bn.eps), *weights)
+        ctx.eps = encoder.norm.eps
+        return encoder.norm(u)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, mean, inv_std, *weights = ctx.saved_tensors
+        w1, gamma, beta, w2, b2, ws, ln_w, ln_b = weights
+        m, d = grad.shape
+        leaves = [t.detach().requires_grad_() for t in (w1, mean, inv_std, gamma, beta, w2, b2, ws, ln_w, ln_b)]
+        lw1, lmean, linv, lgamma, lbeta, lw2, lb2, lws, lln_w, lln_b = leaves
+        sums = [torch.zeros_like(t) for t in leaves]  # gradients of the leaves, summed over chunks
+        d_x = torch.empty_like(x)
+        chunk = max(1, RecomputedInfoMax.CHUNK_ELEMENTS // d)
+        for r0 in range(0, m, chunk):  # pass 1: the chunk's own graph
+            xc = x[r0:r0 + chunk].detach().requires_grad_()
+            with torch.enable_grad():
+                h = F.relu((F.linear(xc, lw1) - lmean) * linv * lgamma + lbeta)
+                out = F.layer_norm(F.linear(h, lw2, lb2) + F.linear(xc, lws), (d,), lln_w, lln_b, ctx.eps)
+                d_xc, *d_leaves = torch.autograd.grad(out, [xc, *leaves], grad[r0:r0 + chunk])
+            d_x[r0:r0 + chunk] = d_xc
+            for total, part in zip(sums, d_leaves, strict=True):
+                total += part
+        d_w1, d_mean, d_inv = sums[:3]
+        coef_mean, coef_centered = d_mean / m, -d_inv * inv_std.pow(3) / m  # (D,) each
+        for r0 in range(0, m, chunk):  # pass 2: the batch statistics' share of d a
+            xc = x[r0:r0 + chunk]
+            d_a = (F.linear(xc, w1) - mean).mul_(coef_centered).add_(coef_mean)  # (chunk, D)
+            d_x[r0:r0 + chunk].addmm_(d_a, w1)
+            d_w1.addmm_(d_a.T, xc)
+        return d_x, None, d_w1, *sums[3:]
 
 
 class MUSE(Discrepancy):
@@ -73,7 +154,7 @@ class MUSE(Discrepancy):
     def __init__(self, source: FeatureSpec, target: FeatureSpec, dim: int = 64):
         super().__init__(source, target)
         self.dim = dim
-        self.local_encoder = InfoMaxEncoder(source.channels, dim)
+        self.local_encoder = InfoMaxEncoder(source.channels, dim, recompute=True)
         self.mi_global_encoder = InfoMaxEncoder(target.channels, dim) if self.uses_mi else None
         self.si_global_encoder = InfoMaxEncoder(source.channels, dim) if self.uses_si else None
 

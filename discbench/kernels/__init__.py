@@ -1,23 +1,43 @@
 """Critic kernels of the MI estimators, with one dispatch point.
 
 Layering (Liger-Kernel's): ``jsd_ref`` is the naive oracle and never imports triton; ``jsd_torch`` is a streamed
-``autograd.Function`` (the CPU path); ``jsd_triton`` holds the fused Triton kernels (the CUDA path). ``select_impl``
-picks one: ``DISCBENCH_IMPL=ref|torch|triton`` forces it (an impossible request raises), otherwise Triton on CUDA
-when it imports and the streamed path everywhere else. The trainer writes the implementation into each run record.
+``autograd.Function`` (the CPU path); ``jsd_triton`` holds the fused Triton kernels (the CUDA path), imported only
+when a Triton implementation is called. ``select_impl`` picks one: ``DISCBENCH_IMPL=ref|torch|triton`` forces it
+(an impossible request raises), otherwise Triton on CUDA when it imports and the streamed path everywhere else. The
+trainer writes the implementation into each run record. ``CRITICS`` is the table behind the dispatch.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from discbench.errors import DiscbenchError
 from discbench.kernels.jsd_ref import jsd_mi_loss_ref, nce_mi_loss_ref
-from discbench.kernels.jsd_torch import jsd_mi_loss_torch
+from discbench.kernels.jsd_torch import jsd_mi_loss_torch, nce_mi_loss_torch
 
 IMPLS = ("ref", "torch", "triton")
+Critic = Callable[[Tensor, Tensor], Tensor]
+
+
+def _triton(name: str) -> Critic:
+    """``jsd_triton.<name>``, imported on first call (importing triton defines kernels: keep it out of CPU runs)."""
+
+    def call(local: Tensor, global_: Tensor) -> Tensor:
+        return getattr(importlib.import_module("discbench.kernels.jsd_triton"), name)(local, global_)
+
+    call.__name__ = name
+    return call
+
+
+CRITICS: dict[str, dict[str, Critic]] = {  # loss -> implementation -> function(local (B, N, D), global_ (B, D))
+    "jsd": {"ref": jsd_mi_loss_ref, "torch": jsd_mi_loss_torch, "triton": _triton("jsd_mi_loss_triton")},
+    "nce": {"ref": nce_mi_loss_ref, "torch": nce_mi_loss_torch, "triton": _triton("nce_mi_loss_triton")},
+}
 
 
 def triton_usable(device: torch.device) -> bool:
@@ -45,19 +65,18 @@ def select_impl(device: torch.device | str = "cpu") -> str:
     return requested
 
 
+def available_impls(device: torch.device | str = "cpu") -> list[str]:
+    """Implementations that can run on ``device`` (triton only where ``triton_usable``)."""
+    device = torch.device(device)
+    return [impl for impl in IMPLS if impl != "triton" or triton_usable(device)]
+
+
 def jsd_mi_loss(local: Tensor, global_: Tensor, impl: str | None = None) -> Tensor:
     """MUSE Eq. 5 JSD critic loss over local/global views, dispatched to ``impl`` (default: ``select_impl``).
 
     Shape: local (B, N, D), global_ (B, D) -> scalar (fp32).
     """
-    impl = impl or select_impl(local.device)
-    if impl == "ref":
-        return jsd_mi_loss_ref(local, global_)
-    if impl == "torch":
-        return jsd_mi_loss_torch(local, global_)
-    from discbench.kernels.jsd_triton import jsd_mi_loss_triton
-
-    return jsd_mi_loss_triton(local, global_)
+    return CRITICS["jsd"][impl or select_impl(local.device)](local, global_)
 
 
 def nce_mi_loss(local: Tensor, global_: Tensor, impl: str | None = None) -> Tensor:
@@ -65,5 +84,4 @@ def nce_mi_loss(local: Tensor, global_: Tensor, impl: str | None = None) -> Tens
 
     Shape: local (B, N, D), global_ (B, D) -> scalar (fp32).
     """
-    impl = impl or select_impl(local.device)
-    return nce_mi_loss_ref(local, global_)
+    return CRITICS["nce"][impl or select_impl(local.device)](local, global_)
