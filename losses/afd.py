@@ -74,7 +74,9 @@ class AFD(Discrepancy):
       paper); this one is small next to the networks and sees 3x3 spatial structure as a feature-map critic should.
     - Update scheme: the paper alternates a logit-loss update with an adversarial update at a smaller learning
       rate; here both terms share one step and the protocol's beta scales L_D + L_G (hence both the generator's
-      pull and the discriminator's effective learning rate).
+      pull and the discriminator's effective learning rate). A raw LSGAN critic under SGD at lr 0.05 needs that
+      small rate: beta = 0.03 in bench.toml (measured there; L_D diverges at beta >= 0.3). A sigmoid output does
+      not fix it: at beta = 1 the discriminator saturates to D = 0 on both inputs (L_D = L_G = 1, no gradient).
     - The terms are logged as ``d`` and ``g``.
 
     Shape: source (B, C_s, H, W), target (B, C_t, H', W') -> scalar.
