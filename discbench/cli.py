@@ -1,4 +1,4 @@
-"""The ``discbench`` command line: run, sweep, leaderboard, list."""
+"""The ``discbench`` command line: run, sweep, leaderboard, bench, list."""
 
 from __future__ import annotations
 
@@ -120,6 +120,59 @@ def leaderboard(results_dir, budget, out):
     text = render(load_records(results_dir), budget=budget)
     _write_text(out, text)
     click.echo(text)
+
+
+@cli.command()
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["critic", "full"]),
+              help="critic: the JSD critic alone; full: MUSE's mi loss with its encoders (repeatable; default both).")
+@click.option("--impl", "impls", multiple=True, type=click.Choice(["ref", "torch", "triton"]),
+              help="Implementations to measure (repeatable; default every one available on the device).")
+@click.option("--batch", "batches", default="32,64,128,256", show_default=True, help="Batch sizes B, comma-separated.")
+@click.option("--side", "sides", default="8,16,32", show_default=True,
+              help="Sides of the local map, comma-separated: N = side^2 locations.")
+@click.option("--dim", default=128, show_default=True, type=click.IntRange(min=1), help="Code size D.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Timed calls (median).")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0), help="Untimed calls first.")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: torch's).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results") / "bench" /
+              "critic.json", show_default=True, help="Where to write the table as JSON with machine information.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def bench(modes, impls, batches, sides, dim, repeats, warmup, threads, device, out, quiet):
+    """Time and peak memory of the MI critic, alone and in the full MUSE loss, per implementation."""
+    import torch
+
+    from discbench.kernels import available_impls
+    from discbench.kernels import bench as measure
+    from discbench.train import pick_device
+
+    dev = pick_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    modes = list(modes) or list(measure.MODES)
+    impls = list(impls) or available_impls(dev)
+    batches, sides = _int_list(batches, "--batch"), _int_list(sides, "--side")
+
+    def progress(case):
+        if not quiet:
+            click.echo(f"{case.mode} {case.impl} B={case.batch} N={case.locations} D={case.dim}", err=True)
+
+    rows = measure.run(modes, impls, batches, [s * s for s in sides], dim, dev, repeats, warmup, progress)
+    settings = {"modes": modes, "impls": impls, "batches": batches, "sides": sides, "dim": dim, "repeats": repeats,
+                "warmup": warmup, "threads": torch.get_num_threads()}
+    measure.write_json(out, rows, settings, dev)
+    click.echo(f"wrote {out}", err=True)
+    click.echo(measure.render(rows))
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise DiscbenchError(f"{option} takes positive integers separated by commas, got '{text}'")
+    return values
 
 
 @cli.command(name="list")

@@ -1,0 +1,174 @@
+"""The critic kernels against their oracles: values and gradients, dtypes, edge shapes, the dispatch, and a training
+run per implementation. Triton runs in its own process under the interpreter (tests/triton/)."""
+
+from __future__ import annotations
+
+import ast
+import math
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from discbench.errors import DiscbenchError
+from discbench.kernels import CRITICS, IMPLS, available_impls, jsd_mi_loss, jsd_torch, nce_mi_loss, select_impl
+from discbench.kernels.jsd_ref import jsd_mi_loss_ref, nce_mi_loss_ref
+from tests.conftest import REPO, TINY, requires_fashion_mnist
+
+LOSSES = ("jsd", "nce")
+CPU_IMPLS = [i for i in available_impls("cpu") if i != "ref"]  # everything the main process can run on CPU
+# (B, N, D): B = 1 (no negatives) and 2, sizes that are not powers of two, several chunks with a ragged last one
+SHAPES = [(1, 5, 7), (2, 3, 16), (7, 3, 10), (5, 37, 24), (9, 4, 3)]
+TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: dict(rtol=1e-2, atol=2e-3)}
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """About 64 scores per chunk, so that every shape above walks several chunks of the streamed path."""
+    monkeypatch.setattr(jsd_torch, "BLOCK_ELEMENTS", 64)
+
+
+def codes(b, n, d, dtype=torch.float32, scale=1.0):
+    local = torch.randn(b, n, d)
+    global_ = torch.randn(b, d) * scale / math.sqrt(d)
+    return local.to(dtype).requires_grad_(), global_.to(dtype).requires_grad_()
+
+
+def value_and_grads(fn, local, global_, upstream=1.7):
+    local.grad = global_.grad = None
+    loss = fn(local, global_)
+    (loss * upstream).backward()
+    return loss.detach(), local.grad.clone(), global_.grad.clone()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_implementation_matches_the_reference(loss, impl, shape, dtype, small_chunks):
+    local, global_ = codes(*shape, dtype=dtype, scale=3.0)
+    want = value_and_grads(CRITICS[loss]["ref"], local, global_)
+    got = value_and_grads(CRITICS[loss][impl], local, global_)
+    assert got[0].dtype == torch.float32 and got[1].dtype == dtype and got[2].dtype == dtype
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_large_scores_stay_finite_and_exact(loss, small_chunks):
+    """Scores of +-60: softplus, sigmoid and logsumexp must not overflow anywhere."""
+    local, global_ = codes(6, 5, 8, scale=60.0)
+    want = value_and_grads(CRITICS[loss]["ref"], local, global_)
+    got = value_and_grads(CRITICS[loss]["torch"], local, global_)
+    for g, w in zip(got, want, strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("function", [jsd_torch.StreamedJSD, jsd_torch.StreamedNCE])
+@pytest.mark.parametrize("shape,block", [((1, 3, 4), 1), ((2, 2, 3), 1), ((5, 3, 4), 2)])
+def test_streamed_gradients_match_finite_differences(function, shape, block):
+    local = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    global_ = torch.randn(shape[0], shape[2], dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda lo, gl: function.apply(lo, gl, block), (local, global_))
+
+
+def test_nce_closed_forms():
+    # all scores equal: every softmax is uniform, the loss is log B (and the MI bound log B - loss is 0)
+    assert nce_mi_loss_ref(torch.zeros(5, 3, 4), torch.zeros(5, 4)).item() == pytest.approx(math.log(5))
+    assert jsd_torch.nce_mi_loss_torch(torch.zeros(5, 3, 4), torch.zeros(5, 4)).item() == pytest.approx(math.log(5))
+    # a perfect critic (positives far above negatives) drives it to 0
+    eye = torch.eye(4) * 30
+    assert jsd_torch.nce_mi_loss_torch(eye[:, None, :].expand(4, 3, 4), eye).item() < 1e-10
+
+
+def test_streamed_memory_is_linear_in_the_batch(small_chunks):
+    """With chunks of ~64 scores, no buffer grows like B^2: the peak is d local plus one chunk."""
+    from discbench.kernels.bench import cpu_peak_bytes
+
+    def peak(fn, b):
+        local, global_ = codes(b, 16, 8)
+        return cpu_peak_bytes(lambda: fn(local, global_).backward())
+
+    ref = [peak(jsd_mi_loss_ref, b) for b in (16, 64)]
+    streamed = [peak(jsd_torch.jsd_mi_loss_torch, b) for b in (16, 64)]
+    assert ref[1] / ref[0] > 12  # B^2 N score tensors: 16x
+    assert streamed[1] / streamed[0] < 4.5  # B N D gradient: 4x
+    d_local, chunk = 64 * 16 * 8 * 4, 16 * 64 * 4  # bytes: the gradient, one image's (N, B) scores
+    assert d_local < streamed[1] <= d_local + 2 * chunk
+
+
+def test_dispatch_routes_to_the_table(monkeypatch):
+    local, global_ = codes(3, 4, 5)
+    calls = []
+    for loss in LOSSES:
+        for impl in ("ref", "torch"):
+            monkeypatch.setitem(CRITICS[loss], impl, lambda lo, gl, name=(loss, impl): calls.append(name))
+    for impl in ("ref", "torch"):
+        jsd_mi_loss(local, global_, impl=impl)
+        nce_mi_loss(local, global_, impl=impl)
+    monkeypatch.setenv("DISCBENCH_IMPL", "ref")
+    jsd_mi_loss(local, global_)
+    assert calls == [("jsd", "ref"), ("nce", "ref"), ("jsd", "torch"), ("nce", "torch"), ("jsd", "ref")]
+    assert all(set(table) == set(IMPLS) for table in CRITICS.values())
+
+
+def test_select_impl(monkeypatch):
+    monkeypatch.delenv("DISCBENCH_IMPL", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert select_impl("cpu") == "torch"  # auto: the streamed path off CUDA
+    monkeypatch.setenv("DISCBENCH_IMPL", "auto")
+    assert select_impl(torch.device("cpu")) == "torch"
+    for impl in ("ref", "torch", " Torch "):
+        monkeypatch.setenv("DISCBENCH_IMPL", impl)
+        assert select_impl("cpu") == impl.strip().lower()
+    monkeypatch.setenv("DISCBENCH_IMPL", "triton")
+    with pytest.raises(DiscbenchError, match="DISCBENCH_IMPL=triton needs a CUDA device"):
+        select_impl("cpu")
+    monkeypatch.setenv("DISCBENCH_IMPL", "cuda")
+    with pytest.raises(DiscbenchError, match="'cuda' is not one of ref, torch, triton"):
+        select_impl("cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("DISCBENCH_IMPL", "triton")
+    assert select_impl("cpu") == "triton" and "triton" in available_impls("cpu")
+    monkeypatch.delenv("DISCBENCH_IMPL")
+    assert select_impl("cpu") == "torch"  # the interpreter is for tests, never picked on its own
+
+
+@pytest.mark.parametrize("module", ["jsd_ref.py", "jsd_torch.py"])
+def test_reference_and_cpu_paths_never_import_triton(module):
+    tree = ast.parse((REPO / "discbench" / "kernels" / module).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(name and (name.startswith("triton") or name.endswith("jsd_triton")) for name in imported)
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_training_runs_agree_across_implementations(bench, monkeypatch):
+    """Four SGD steps of MUSE self-distillation per implementation: the same per-step terms.
+
+    The local encoder recomputes at any size here, so the whole streamed path runs. Step 0 is the same forward; later
+    steps differ by the gradients' rounding, which these runs amplify (a 1e-7 relative perturbation of the initial
+    weights moves the loss by 1e-3 after five steps at lr 0.05), hence a low lr. Measured: <= 1e-5 relative.
+    """
+    from discbench.losses import muse
+
+    import discbench.train as train
+    from discbench.data import open_dataset
+
+    monkeypatch.setattr(muse, "RECOMPUTE_MIN_ELEMENTS", 0)
+    cfg = bench.resolve("mi_x_si", "smallnet", "fashion-mnist", "smoke", "self", (*TINY, "recipe.lr=0.001"), None)
+    data = open_dataset(cfg.dataset, cfg.recipe, torch.device("cpu"))
+    check_finite = train.check_finite
+    steps: dict[str, list[torch.Tensor]] = {}
+    for impl in ("ref", "torch"):
+        monkeypatch.setenv("DISCBENCH_IMPL", impl)
+        seen = steps.setdefault(impl, [])
+        monkeypatch.setattr(train, "check_finite", lambda terms, values, step, epoch, seen=seen: (
+            seen.append(values.clone()), check_finite(terms, values, step, epoch)))
+        record = train.train(cfg, 0, data, torch.device("cpu"), progress=False)
+        assert record["runtime"]["critic_impl"] == impl
+    assert len(steps["ref"]) == 4
+    torch.testing.assert_close(steps["torch"][0], steps["ref"][0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(torch.stack(steps["torch"]), torch.stack(steps["ref"]), rtol=1e-4, atol=0)
