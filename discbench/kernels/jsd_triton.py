@@ -66,6 +66,13 @@ def _softplus(x):
 
 
 @triton.jit
+def _sigmoid(x):
+    """1 / (1 + exp(-x)) through exp(-|x|): no inf intermediate for very negative x."""
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0, e) / (1.0 + e)
+
+
+@triton.jit
 def _tile(ptr, idx, n_idx, stride, ks, dim):
     """Rows ``idx`` (masked to < n_idx) of a row-major matrix, columns ``ks`` (masked to < dim); zeros elsewhere."""
     mask = (idx[:, None] < n_idx) & (ks[None, :] < dim)
@@ -76,7 +83,7 @@ def _tile(ptr, idx, n_idx, stride, ks, dim):
 def _relative_d_scores(s, positive, valid, lse, pos_weight, neg_weight, KIND: tl.constexpr):
     """dS / (absolute weight) for a (rows, columns) score tile; zero outside ``valid``."""
     if KIND == JSD:
-        ds = tl.where(positive, -pos_weight * tl.sigmoid(-s), neg_weight * tl.sigmoid(s))
+        ds = tl.where(positive, -pos_weight * _sigmoid(-s), neg_weight * _sigmoid(s))
     else:
         ds = tl.exp(s - lse[:, None]) - tl.where(positive, 1.0, 0.0)
     return tl.where(valid, ds, 0.0)
