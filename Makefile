@@ -30,6 +30,7 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m triton tests/triton
 
 lint: setup
 	$(BIN)/ruff check .

@@ -13,7 +13,9 @@ import torch
 
 from discbench.errors import DiscbenchError
 from discbench.kernels import CRITICS, jsd_mi_loss, nce_mi_loss, select_impl
-from discbench.kernels import jsd_triton as jt
+
+pytest.importorskip("triton")
+from discbench.kernels import jsd_triton as jt  # noqa: E402  (after the skip: triton is optional)
 
 pytestmark = pytest.mark.triton
 
