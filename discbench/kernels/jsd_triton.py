@@ -25,9 +25,10 @@ sm_90 with ptxas):
   the interpreter accepts 8 x 8 x 8 dots, NVIDIA hardware does not (fp16/bf16 need K >= 16);
 - every block size is a power of two (``tl.arange``); D <= MAX_D = 256, since a whole (BLOCK_M, BLOCK_D) tile of
   local codes stays in registers (MUSE uses D = 64 or 128); larger D raises;
-- inputs are fp32, fp16 or bf16 (both operands of a dot in one dtype; the launcher casts global_ to local's dtype),
-  accumulation and the loss are fp32; half-precision dS is cast to the input dtype for the second dot, as
-  flash-attention does with its probabilities;
+- inputs are fp32, fp16 or bf16 (both operands of a dot in one dtype; the launcher casts global_ to local's dtype,
+  and both to the autocast dtype inside ``torch.autocast``, as the reference's einsum would be), accumulation and
+  the loss are fp32; half-precision dS is cast to the input dtype for the second dot, as flash-attention does with
+  its probabilities;
 - fp32 ``tl.dot`` runs as TF32 on NVIDIA unless told otherwise: ``input_precision`` follows
   ``torch.get_float32_matmul_precision()`` ("highest" -> "ieee", else "tf32"), and tests pass "ieee" for exactness;
 - row offsets are computed in int64 (B*N*D may exceed 2^31 elements).
@@ -271,7 +272,9 @@ def _critic(local: Tensor, global_: Tensor, kind: int) -> Tensor:
     if d > MAX_D:
         raise DiscbenchError(f"the Triton critic keeps a whole code in registers and supports D <= {MAX_D}, got "
                              f"D = {d}; use DISCBENCH_IMPL=torch")
-    if local.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if torch.is_autocast_enabled(local.device.type):  # like the reference's einsum: dots in the autocast dtype
+        local = local.to(torch.get_autocast_dtype(local.device.type))
+    elif local.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         local = local.float()
     return JSDTritonFunction.apply(local.contiguous(), global_.to(local.dtype).contiguous(), kind)
 

@@ -63,6 +63,18 @@ def test_large_scores_and_strided_inputs(loss):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("loss", ["jsd", "nce"])
+def test_autocast_runs_the_dots_in_the_autocast_dtype(loss):
+    local, global_ = codes(3, 10, 16)
+    with torch.autocast("cpu", dtype=torch.float16):
+        got = value_and_grads(CRITICS[loss]["triton"], local, global_)
+    rounded = [t.detach().half().float().requires_grad_() for t in (local, global_)]  # what the fp16 dots see
+    want = value_and_grads(CRITICS[loss]["ref"], *rounded)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.float(), w.float(), rtol=1e-3, atol=1e-4)
+    assert got[1].dtype == torch.float32  # gradients come back in the inputs' dtype
+
+
 def test_dispatch_picks_triton_when_requested(monkeypatch):
     monkeypatch.setenv("DISCBENCH_IMPL", "triton")
     assert select_impl("cpu") == "triton"
