@@ -75,6 +75,7 @@ class StreamedJSD(torch.autograd.Function):
     """MUSE Eq. 5 JSD loss (``jsd_ref.jsd_mi_loss_ref``) with O(B N D + block N B) memory."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # fp32 scores even inside autocast
     def forward(ctx, local: Tensor, global_: Tensor, block: int) -> Tensor:
         b, n, d = local.shape
         positive = local.new_zeros(())
@@ -94,6 +95,7 @@ class StreamedJSD(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad: Tensor):
         local, global_ = ctx.saved_tensors
         b, n, _ = local.shape
@@ -115,6 +117,7 @@ class StreamedNCE(torch.autograd.Function):
     """InfoNCE loss (``jsd_ref.nce_mi_loss_ref``): a row-wise logsumexp per chunk, O(B N D + block N B) memory."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # fp32 scores even inside autocast
     def forward(ctx, local: Tensor, global_: Tensor, block: int) -> Tensor:
         b, n, d = local.shape
         lse = local.new_empty(b * n)  # logsumexp of each row over the B global vectors
@@ -130,6 +133,7 @@ class StreamedNCE(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad: Tensor):
         local, global_, lse = ctx.saved_tensors
         b, n, _ = local.shape
