@@ -219,11 +219,11 @@ def add_ratios(rows: list[dict]) -> list[dict]:
 
 
 def render(rows: list[dict]) -> str:
-    """The measured rows as a markdown table."""
+    """The measured rows as a markdown table; speed-up = ref time / time, memory saving = ref peak / peak."""
     from tabulate import tabulate
 
     headers = ["mode", "B", "N", "D", "impl", "fwd+bwd ms", "peak MiB", "peak KiB / image", "speed-up vs ref",
-               "memory ÷ vs ref"]
+               "memory saving vs ref"]
     table = [[r["mode"], r["batch"], r["locations"], r["dim"], r["impl"], r["ms"], r["peak_mib"],
               r["peak_kib_per_image"], _ratio(r["speedup_vs_ref"]), _ratio(r["memory_saving_vs_ref"])]
              for r in rows]
