@@ -19,10 +19,11 @@ softmax - onehot, and the absolute weight (1 / (B (B-1) N) or 1 / (B N), times t
 accumulated tile. The relative dS lies in [-(B-1), 1], so casting it to fp16 for the second ``tl.dot`` cannot
 underflow (w_neg alone is 6e-8 at B = 128, N = 1024: below fp16's normal range).
 
-GPU assumptions (the interpreter proves none of them; tests/test_triton_compile.py compiles every kernel for sm_80 and
-sm_90 with ptxas):
+GPU assumptions (the interpreter proves none of them; tests/test_triton_compile.py builds every kernel, both losses,
+fp32/fp16/bf16, down to a cubin for sm_80 with triton's ptxas and checks its shared memory, and the largest tiles for
+sm_90):
 - every ``tl.dot`` operand dimension is >= 16: BLOCK_M, BLOCK_C >= 16 and BLOCK_D = max(16, next power of two >= D);
-  the interpreter accepts 8 x 8 x 8 dots, NVIDIA hardware does not (fp16/bf16 need K >= 16);
+  the interpreter runs dots of any shape, while triton's NVIDIA backend rejects K < 16 in fp16/bf16 (K < 8 in fp32);
 - every block size is a power of two (``tl.arange``); D <= MAX_D = 256, since a whole (BLOCK_M, BLOCK_D) tile of
   local codes stays in registers (MUSE uses D = 64 or 128); larger D raises;
 - inputs are fp32, fp16 or bf16 (both operands of a dot in one dtype; the launcher casts global_ to local's dtype,
@@ -54,7 +55,7 @@ JSD: tl.constexpr = tl.constexpr(0)
 NCE: tl.constexpr = tl.constexpr(1)
 MAX_D = 256
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_C": 16}  # also the smallest tiles a GPU accepts
+INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_C": 16}  # the smallest tiles that also meet the GPU constraints
 CUDA_CONFIGS = [  # (BLOCK_M, BLOCK_C, num_warps)
     (32, 32, 4), (64, 32, 4), (64, 64, 4), (128, 32, 8), (128, 64, 8),
 ]
