@@ -14,31 +14,18 @@ from discbench.errors import DiscbenchError
 from discbench.kernels import CRITICS, IMPLS, available_impls, jsd_mi_loss, jsd_torch, nce_mi_loss, select_impl
 from discbench.kernels.jsd_ref import jsd_mi_loss_ref, nce_mi_loss_ref
 from tests.conftest import REPO, TINY, requires_fashion_mnist
+from tests.critic_cases import TOLERANCES, codes, value_and_grads
 
 LOSSES = ("jsd", "nce")
 CPU_IMPLS = [i for i in available_impls("cpu") if i != "ref"]  # everything the main process can run on CPU
 # (B, N, D): B = 1 (no negatives) and 2, sizes that are not powers of two, several chunks with a ragged last one
 SHAPES = [(1, 5, 7), (2, 3, 16), (7, 3, 10), (5, 37, 24), (9, 4, 3)]
-TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: dict(rtol=1e-2, atol=2e-3)}
 
 
 @pytest.fixture
 def small_chunks(monkeypatch):
     """About 64 scores per chunk, so that every shape above walks several chunks of the streamed path."""
     monkeypatch.setattr(jsd_torch, "BLOCK_ELEMENTS", 64)
-
-
-def codes(b, n, d, dtype=torch.float32, scale=1.0):
-    local = torch.randn(b, n, d)
-    global_ = torch.randn(b, d) * scale / math.sqrt(d)
-    return local.to(dtype).requires_grad_(), global_.to(dtype).requires_grad_()
-
-
-def value_and_grads(fn, local, global_, upstream=1.7):
-    local.grad = global_.grad = None
-    loss = fn(local, global_)
-    (loss * upstream).backward()
-    return loss.detach(), local.grad.clone(), global_.grad.clone()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

@@ -10,9 +10,8 @@ import torch
 from discbench.losses import muse
 from discbench.losses.muse import InfoMaxEncoder, RecomputedInfoMax
 
-from discbench.api import FeatureSpec, LossContext
 from discbench.kernels.bench import cpu_peak_bytes
-from discbench.registry import LOSSES
+from tests.critic_cases import muse_step
 
 
 @pytest.fixture
@@ -79,18 +78,7 @@ def test_plain_path_when_not_training_without_grad_small_or_ref(monkeypatch):
 
 def test_muse_plugin_gives_the_reference_loss_and_gradients(always_recompute, monkeypatch):
     monkeypatch.setattr(RecomputedInfoMax, "CHUNK_ELEMENTS", 5 * 16)
-    ctx = LossContext(step=0, epoch=0, protocol="self", labels=torch.zeros(4, dtype=torch.long),
-                      indices=torch.arange(4), dataset_size=100, num_classes=10)
-    source, target = torch.randn(4, 8, 6, 5), torch.randn(4, 16, 3, 3)
-    results = {}
-    for impl in ("ref", "torch"):
-        monkeypatch.setenv("DISCBENCH_IMPL", impl)
-        torch.manual_seed(0)
-        m = LOSSES.get("mi_x_si")(FeatureSpec(8, 1), FeatureSpec(16, 2), dim=16)
-        s, t = source.clone().requires_grad_(), target.clone().requires_grad_()
-        out = m(s, t, ctx)
-        out.loss.backward()
-        results[impl] = (out.loss.detach(), s.grad, t.grad, *(p.grad for p in m.parameters()))
+    results = {impl: muse_step(impl, monkeypatch) for impl in ("ref", "torch")}
     for got, want in zip(results["torch"], results["ref"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # the critics compute in fp32
 

@@ -13,6 +13,7 @@ import torch
 
 from discbench.errors import DiscbenchError
 from discbench.kernels import CRITICS, jsd_mi_loss, nce_mi_loss, select_impl
+from tests.critic_cases import TOLERANCES, codes, muse_step, value_and_grads
 
 pytest.importorskip("triton")
 from discbench.kernels import jsd_triton as jt  # noqa: E402  (after the skip: triton is optional)
@@ -22,27 +23,13 @@ pytestmark = pytest.mark.triton
 # (B, N, D): B = 1 and 2; B = 19 spans two 16-column tiles; B*N = 111 rows span seven 16-row tiles with images
 # crossing tile borders; D = 20 and 7 are masked inside BLOCK_D = 32 and 16.
 SHAPES = [(1, 3, 5), (2, 4, 16), (19, 5, 20), (3, 37, 7)]
-TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: dict(rtol=1e-2, atol=2e-3)}
-
-
-def codes(b, n, d, dtype=torch.float32, scale=3.0):
-    local = torch.randn(b, n, d)
-    global_ = torch.randn(b, d) * scale / math.sqrt(d)
-    return local.to(dtype).requires_grad_(), global_.to(dtype).requires_grad_()
-
-
-def value_and_grads(fn, local, global_, upstream=1.7):
-    local.grad = global_.grad = None
-    loss = fn(local, global_)
-    (loss * upstream).backward()
-    return loss.detach(), local.grad.clone(), global_.grad.clone()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("loss", ["jsd", "nce"])
 def test_triton_matches_the_reference(loss, shape, dtype):
-    local, global_ = codes(*shape, dtype=dtype)
+    local, global_ = codes(*shape, dtype=dtype, scale=3.0)
     want = value_and_grads(CRITICS[loss]["ref"], local, global_)
     got = value_and_grads(CRITICS[loss]["triton"], local, global_)
     assert got[0].dtype == torch.float32 and got[1].dtype == dtype and got[2].dtype == dtype
@@ -65,7 +52,7 @@ def test_large_scores_and_strided_inputs(loss):
 
 @pytest.mark.parametrize("loss", ["jsd", "nce"])
 def test_autocast_runs_the_dots_in_the_autocast_dtype(loss):
-    local, global_ = codes(3, 10, 16)
+    local, global_ = codes(3, 10, 16, scale=3.0)
     with torch.autocast("cpu", dtype=torch.float16):
         got = value_and_grads(CRITICS[loss]["triton"], local, global_)
     rounded = [t.detach().half().float().requires_grad_() for t in (local, global_)]  # what the fp16 dots see
@@ -78,7 +65,7 @@ def test_autocast_runs_the_dots_in_the_autocast_dtype(loss):
 def test_dispatch_picks_triton_when_requested(monkeypatch):
     monkeypatch.setenv("DISCBENCH_IMPL", "triton")
     assert select_impl("cpu") == "triton"
-    local, global_ = codes(3, 4, 5)
+    local, global_ = codes(3, 4, 5, scale=3.0)
     assert jsd_mi_loss(local, global_).item() == jt.jsd_mi_loss_triton(local, global_).item()
     assert nce_mi_loss(local, global_).item() == jt.nce_mi_loss_triton(local, global_).item()
 
@@ -87,22 +74,8 @@ def test_muse_plugin_on_triton(monkeypatch):
     """MUSE mi_x_si with the triton critic and the recomputed local encoder against the reference path."""
     from discbench.losses import muse
 
-    from discbench.api import FeatureSpec, LossContext
-    from discbench.registry import LOSSES
-
     monkeypatch.setattr(muse, "RECOMPUTE_MIN_ELEMENTS", 0)
-    ctx = LossContext(step=0, epoch=0, protocol="self", labels=torch.zeros(4, dtype=torch.long),
-                      indices=torch.arange(4), dataset_size=100, num_classes=10)
-    source, target = torch.randn(4, 8, 5, 3), torch.randn(4, 16, 2, 2)
-    results = {}
-    for impl in ("ref", "triton"):
-        monkeypatch.setenv("DISCBENCH_IMPL", impl)
-        torch.manual_seed(0)
-        m = LOSSES.get("mi_x_si")(FeatureSpec(8, 1), FeatureSpec(16, 2), dim=16)
-        s, t = source.clone().requires_grad_(), target.clone().requires_grad_()
-        out = m(s, t, ctx)
-        out.loss.backward()
-        results[impl] = (out.loss.detach(), s.grad, t.grad, *(p.grad for p in m.parameters()))
+    results = {impl: muse_step(impl, monkeypatch, shape=(4, 8, 5, 3)) for impl in ("ref", "triton")}
     for got, want in zip(results["triton"], results["ref"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
