@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from discbench.losses.kd import kd_divergence
-from torch import Tensor
+from discbench.losses.kd import KD
 
-from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Tap
+from discbench.api import FeatureSpec, Pairing, Tap
 from discbench.registry import LOSSES
 
 
 @LOSSES.register()
-class DML(Discrepancy):
+class DML(KD):
     """DML's mimicry term for one network: KL(softmax(z_peer).detach() || softmax(z_self)), averaged over the batch.
 
     Paper §3.1: p_k = softmax(z_k) (Eq. 1), D_KL(p2 || p1) = sum_i sum_m p2^m(x_i) log(p2^m(x_i) / p1^m(x_i)) (Eq. 3),
@@ -24,7 +23,8 @@ class DML(Discrepancy):
 
     Choices where the paper is silent, after AberHu's ``train_dml.py`` (REFERENCES.md §2 "DML"): the KL is the
     ``batchmean`` reduction, T = 1 and weight 1 (bench.toml ``beta = 1``). ``temperature`` is exposed for ablations;
-    the divergence is scaled by T^2 (``kd_divergence``), which is a no-op at the default T = 1.
+    the divergence is KD's (``kd_divergence``, scaled by T^2, a no-op at the default T = 1): the
+    plugin is ``kd`` with T = 1 and the peer as target.
 
     KD_Lib's pitfall this plugin must not repeat: KD_Lib does not detach the peer's output, so one network's
     mimicry loss also trains its peer (towards the first network); here the target is detached inside the plugin
@@ -38,8 +38,4 @@ class DML(Discrepancy):
     detaches_target = True
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec, temperature: float = 1.0):
-        super().__init__(source, target)
-        self.temperature = temperature
-
-    def forward(self, source: Tensor, target: Tensor, ctx: LossContext) -> LossOutput:
-        return LossOutput(kd_divergence(source, target.detach(), self.temperature))
+        super().__init__(source, target, temperature=temperature)
