@@ -328,8 +328,17 @@ class Bench:
 
     # -- suites ---------------------------------------------------------------------------------------------------
     def suite(self, name: str) -> Suite:
+        """The suite ``name``; ``extends = "other"`` starts from another suite's table (e.g. its rows) and overrides
+        the keys it sets (datasets, backbones, budget...)."""
         table = self._table("suites", name, "suite")
         where = f"suite '{name}'"
+        seen = [name]
+        while "extends" in table:
+            parent = table.pop("extends")
+            if parent in seen:
+                raise DiscbenchError(f"{where}: 'extends' goes round in a circle: {' -> '.join([*seen, parent])}")
+            seen.append(parent)
+            table = {**self._table("suites", parent, "suite"), **table}
         rows = []
         for i, row in enumerate(table.pop("rows", [])):
             unknown = set(row) - {"loss", "label", "set"}

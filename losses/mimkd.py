@@ -60,7 +60,7 @@ class MIMKD(Discrepancy):
     def __init__(self, source: FeatureSpec, target: FeatureSpec, dim: int = 64):
         super().__init__(source, target)
         self.dim = dim
-        self.local_encoder = InfoMaxEncoder(source.channels, dim)
+        self.local_encoder = InfoMaxEncoder(source.channels, dim, recompute=True)  # as MUSE's: recomputed in backward
         self.global_encoder = InfoMaxEncoder(target.channels, dim)
 
     def forward(self, source: Tensor, target: Tensor, ctx: LossContext) -> LossOutput:

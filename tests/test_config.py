@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from discbench.config import Bench, parse_override
@@ -122,3 +124,13 @@ def test_demo_suite(bench):
     suite = bench.suite("demo")
     assert [r.loss for r in suite.rows] == ["none", "ce", "ce_kd", "l2", "mi", "si", "mi_plus_si", "mi_x_si"]
     assert suite.seeds == 3 and suite.budget == "smoke" and suite.datasets == ("fashion-mnist",)
+
+
+def test_suites_extend_other_suites(tmp_path):
+    text = (REPO_BENCH := Path(__file__).resolve().parents[1] / "bench.toml").read_text()
+    path = tmp_path / "bench.toml"
+    path.write_text(text + '\n[suites.a]\nextends = "b"\n[suites.b]\nextends = "a"\n')
+    with pytest.raises(DiscbenchError, match=r"suite 'a': 'extends' goes round in a circle: a -> b -> a"):
+        Bench.load(path).suite("a")
+    smoke = Bench.load(REPO_BENCH).suite("table5-smoke")
+    assert smoke.name == "table5-smoke" and smoke.budget == "smoke" and len(smoke.rows) == 16
