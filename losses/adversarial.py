@@ -84,6 +84,12 @@ class Adversarial(Discrepancy):
     - ``Pairing.SAME_STAGE``: in two-network protocols it is a drop-in alternative to the same-stage feature losses
       (FitNet, NST, VID); the last-map online method of Chung et al. is the separate ``afd`` plugin.
 
+    Known behaviour (measured on the table6-smoke suite, SmallNet on Fashion-MNIST): the discriminator wins within
+    about one epoch (``d_acc`` -> 1, L_D -> 0), after which the reversed gradient -sigma(D(P(s))) dD vanishes: the
+    saturating minimax that a reversal layer implements (Goodfellow et al. §3 propose the non-saturating generator
+    loss for exactly this reason; a reversal layer cannot express it, ``afd`` shows the detached-player way). The
+    generator's objective is also unbounded above, so a too-large beta lets it blow up (bench.toml's beta note).
+
     Args:
         hidden: width of the discriminator's hidden layer.
         reversal: lambda, the factor of the reversed gradient that reaches the projection and the source.
