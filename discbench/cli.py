@@ -79,29 +79,22 @@ def run(loss, backbone, dataset, budget, protocol, seeds, overrides, label, resu
 def sweep(suite, budget, seeds, out, results_dir, config_path, data_dir, download, device, force, quiet):
     """Run every (row, backbone, dataset, seed) of a suite, skipping existing records, then print its tables."""
     from discbench.config import Bench
-    from discbench.leaderboard import render
+    from discbench.leaderboard import render_suite
     from discbench.results import load_records
     from discbench.train import pick_device, run_seeds
 
     bench = Bench.load(config_path)
     s = bench.suite(suite)
-    budget = budget or s.budget
+    configs = bench.suite_configs(s, budget)
     n_seeds = seeds or s.seeds
-    configs = [bench.resolve(row.loss, backbone, dataset, budget, s.protocol, row.overrides, row.label)
-               for dataset in s.datasets for backbone in s.backbones for row in s.rows]
     dev = pick_device(device)
     cache: dict = {}
     for i, cfg in enumerate(configs, 1):
-        click.echo(f"[{i}/{len(configs)}] {cfg.label} | {cfg.backbone} | {cfg.dataset.name} | {budget} | "
+        click.echo(f"[{i}/{len(configs)}] {cfg.label} | {cfg.backbone} | {cfg.dataset.name} | {cfg.budget} | "
                    f"config {cfg.hash}", err=True)
         run_seeds(cfg, range(n_seeds), results_dir, dev, force=force, data_dir=data_dir, download=download,
                   progress=not quiet, data_cache=cache)
-    # A record is found by its configuration hash whatever its label (another suite may have run the same
-    # configuration first); the suite's tables show the suite's own row labels.
-    label_of = {c.hash: c.label for c in configs}
-    records = [{**r, "label": label_of[r["config_hash"]]} for r in load_records(results_dir)
-               if r["config_hash"] in label_of and r["seed"] < n_seeds]
-    text = render(records, title=f"suite `{suite}`", order=[row.label for row in s.rows])
+    text = render_suite(s, configs, n_seeds, load_records(results_dir))
     if out:
         _write_text(out, text)
     click.echo(text)
@@ -109,15 +102,28 @@ def sweep(suite, budget, seeds, out, results_dir, config_path, data_dir, downloa
 
 @cli.command()
 @results_option
-@click.option("--budget", default=None, help="Only records of this budget.")
+@click.option("--budget", default=None, help="Only records of this budget (with --suite: the suites' budget).")
+@click.option("--suite", "suites", multiple=True, help="Render these suites' tables (their rows, labels and order) "
+                                                       "instead of every record; repeatable.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_LEADERBOARD,
               show_default=True)
-def leaderboard(results_dir, budget, out):
-    """Render every record under --results-dir as markdown tables, write them to --out and print them."""
-    from discbench.leaderboard import render
+@config_option
+def leaderboard(results_dir, budget, suites, out, config_path):
+    """Render records under --results-dir as markdown tables (all of them, or --suite's), write --out and print."""
+    from discbench.config import Bench
+    from discbench.leaderboard import render, render_suite
     from discbench.results import load_records
 
-    text = render(load_records(results_dir), budget=budget)
+    records = load_records(results_dir)
+    if suites:
+        bench = Bench.load(config_path)
+        parts = []
+        for name in suites:
+            s = bench.suite(name)
+            parts.append(render_suite(s, bench.suite_configs(s, budget), s.seeds, records))
+        text = "\n".join(parts)
+    else:
+        text = render(records, budget=budget)
     _write_text(out, text)
     click.echo(text)
 

@@ -349,3 +349,9 @@ class Bench:
         if not rows:
             raise DiscbenchError(f"{where}: no rows")
         return build(Suite, table, where, name=name, rows=tuple(rows))
+
+    def suite_configs(self, suite: Suite, budget: str | None = None) -> list[RunConfig]:
+        """Every (dataset, backbone, row) configuration of ``suite``, under ``budget`` or the suite's own."""
+        return [self.resolve(row.loss, backbone, dataset, budget or suite.budget, suite.protocol, row.overrides,
+                             row.label)
+                for dataset in suite.datasets for backbone in suite.backbones for row in suite.rows]

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 import pandas as pd
 from tabulate import tabulate
 
+from discbench.config import RunConfig, Suite
 from discbench.errors import DiscbenchError
 
 GROUP = ["dataset", "budget", "protocol"]
@@ -153,3 +154,17 @@ def render(records: Iterable[dict], budget: str | None = None, title: str = "dis
                   "### Last module (MUSE Table 6 layout)", "", last_module_table(sub), "",
                   "### Cost", "", cost_table(sub), ""]
     return "\n".join(parts)
+
+
+def render_suite(suite: Suite, configs: list[RunConfig], seeds: int, records: Iterable[dict]) -> str:
+    """The tables of one suite: its configurations' records for seeds 0..seeds-1, under the suite's row labels.
+
+    A record is found by its configuration hash whatever its label (another suite or a plain ``discbench run`` may
+    have produced the same configuration first), so the labels are the suite's, in the suite's order.
+    """
+    label_of = {c.hash: c.label for c in configs}
+    mine = [{**r, "label": label_of[r["config_hash"]]} for r in records
+            if r["config_hash"] in label_of and r["seed"] < seeds]
+    if not mine:
+        raise DiscbenchError(f"suite '{suite.name}' has no run records yet; run 'discbench sweep --suite {suite.name}'")
+    return render(mine, title=f"suite `{suite.name}`", order=[row.label for row in suite.rows])
