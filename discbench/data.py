@@ -340,7 +340,8 @@ def load_imagenet(cfg: DatasetConfig, root: Path | None, download: bool) -> Call
 
 
 def open_dataset(cfg: DatasetConfig, recipe: RecipeConfig, device: torch.device,
-                 data_dir: str | os.PathLike | None = None, download: bool = False) -> ResidentData:
+                 data_dir: str | os.PathLike | None = None,
+                 download: bool = False) -> ResidentData | StreamedImageFolder:
     """Load ``cfg`` with its layout's loader, move it to ``device`` and cut the recipe's fixed subsets."""
     loaded = DATASETS.get(cfg.layout)(cfg, data_root(data_dir), download)
     source = loaded(device) if callable(loaded) else ResidentData(cfg, *loaded, device=device)

@@ -64,16 +64,16 @@ def effective_runtime(cfg: RunConfig, device: torch.device) -> dict:
 def evaluate(system: torch.nn.Module, data, batch_size: int, channels_last: bool) -> dict[str, float]:
     """Top-1 accuracy (%) of every exit on the test split."""
     system.eval()
-    correct: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.long))
+    correct: dict[str, int] = defaultdict(int)
     total = 0
     for x, y in data.test_batches(batch_size):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for name, logits in system.predict(x).items():
-            correct[name] = correct[name].to(y.device) + (logits.argmax(1) == y).sum()
+            correct[name] += int((logits.argmax(1) == y).sum())
         total += len(y)
     system.train()
-    return {name: 100.0 * int(c) / max(total, 1) for name, c in correct.items()}
+    return {name: 100.0 * c / max(total, 1) for name, c in correct.items()}
 
 
 def check_finite(terms: dict[str, Tensor], values: Tensor, step: int, epoch: int) -> None:
