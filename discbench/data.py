@@ -267,7 +267,7 @@ def load_tinyimagenet(cfg: DatasetConfig, root: Path | None, download: bool) -> 
         x = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
         for i, (path, _) in enumerate(samples):
             with Image.open(path) as img:
-                arr = np.asarray(img.convert("RGB").resize((size, size)), dtype=np.uint8)
+                arr = np.array(img.convert("RGB").resize((size, size)), dtype=np.uint8)
             x[i] = torch.from_numpy(arr).permute(2, 0, 1)
         return x, torch.tensor([label for _, label in samples], dtype=torch.int64)
 

@@ -128,3 +128,45 @@ def test_open_dataset_checks_shapes(bench, tmp_path):
     fake_mnist(tmp_path)
     with pytest.raises(DiscbenchError, match=r"images are \(1, 28, 28\), bench.toml says \(1, 32, 32\)"):
         open_dataset(cfg.dataset, cfg.recipe, torch.device("cpu"), tmp_path)
+
+
+def write_images(folder, count, size, seed):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"img{i}.JPEG")
+
+
+def test_tinyimagenet_raw_layout(bench, tmp_path):
+    """train/<wnid>/images/*.JPEG and the raw val/images + val_annotations.txt, decoded into uint8 tensors."""
+    from discbench.data import load_tinyimagenet
+
+    cfg = bench.resolve("none", "resnet18", "tinyimagenet", "paper", overrides=["dataset.image_size=16"]).dataset
+    base = tmp_path / "tiny-imagenet-200"
+    for wnid, seed in (("n01", 0), ("n02", 1)):
+        write_images(base / "train" / wnid / "images", 3, 20, seed)
+    write_images(base / "val" / "images", 2, 20, 2)
+    (base / "val" / "val_annotations.txt").write_text("img0.JPEG\tn02\t0\t0\t1\t1\nimg1.JPEG\tn01\t0\t0\t1\t1\n")
+    (xtr, ytr), (xte, yte) = load_tinyimagenet(cfg, tmp_path, False)
+    assert xtr.shape == (6, 3, 16, 16) and xtr.dtype == torch.uint8 and ytr.tolist() == [0, 0, 0, 1, 1, 1]
+    assert xte.shape == (2, 3, 16, 16) and yte.tolist() == [1, 0]
+    with pytest.raises(DiscbenchError, match=r"expected .*/train and .*/val \(ImageFolder layout"):
+        load_tinyimagenet(cfg, tmp_path / "missing", False)
+
+
+def test_imagenet_streams_through_image_folder(bench, tmp_path):
+    cfg = bench.resolve("none", "resnet18", "imagenet", "paper",
+                        overrides=["dataset.image_size=16", "recipe.train_subset=4"])
+    for split, n in (("train", 3), ("val", 2)):
+        for wnid, seed in (("n01", 0), ("n02", 1)):
+            write_images(tmp_path / "imagenet" / split / wnid, n, 24, seed)
+    data = open_dataset(cfg.dataset, cfg.recipe, torch.device("cpu"), tmp_path)
+    data.workers = 0  # no worker processes in tests
+    assert (data.num_train, data.num_test) == (4, 4)
+    batches = list(data.train_epoch(2, torch.Generator().manual_seed(0)))
+    assert len(batches) == 2 and batches[0].x.shape == (2, 3, 16, 16)
+    assert sorted(torch.cat([b.idx for b in batches]).tolist()) == data.train_indices  # the fixed subset, shuffled
+    x, y = next(data.test_batches(4))
+    assert x.shape == (4, 3, 16, 16) and y.tolist() == [0, 0, 1, 1]
