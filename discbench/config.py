@@ -163,6 +163,15 @@ def build(cls: type, table: Mapping[str, Any], where: str, **fixed: Any) -> Any:
     return cls(**values, **fixed)
 
 
+def type_of_default(default: Any) -> Any:
+    """The type a hyper-parameter's default implies: ``0.1`` -> float, ``(1, 2)`` -> tuple[int, ...], None -> Any."""
+    if default is None:
+        return Any
+    if isinstance(default, tuple) and default:
+        return tuple[type(default[0]), ...]
+    return type(default)
+
+
 def parse_override(item: str) -> tuple[str, str, Any]:
     """``"recipe.lr=0.05"`` -> ``("recipe", "lr", 0.05)``; values are TOML literals, bare words are strings."""
     if "=" not in item:
@@ -318,10 +327,7 @@ class Bench:
         for key, value in table.items():
             if key not in defaults:
                 raise DiscbenchError(f"loss '{name}': unknown key '{key}'; valid keys: {', '.join(defaults)}")
-            default = defaults[key]
-            tp = Any if default is None else (tuple[type(default[0]), ...] if isinstance(default, tuple) and default
-                                              else type(default))
-            values[key] = coerce(value, tp, f"loss '{name}'.{key}")
+            values[key] = coerce(value, type_of_default(defaults[key]), f"loss '{name}'.{key}")
         merged = {**defaults, **values}
         beta = merged.pop("beta")
         return LossConfig(name=name, version=cls.version, beta=beta, hparams=dict(sorted(merged.items())))
