@@ -93,6 +93,14 @@ def summarize(means: dict[str, float]) -> str:
     return " ".join(f"{k} {sum(v) / len(v):.3f}" for k, v in groups.items())
 
 
+def show_running_means(item: tuple[list[str], Tensor, int] | None) -> str | None:
+    """The progress bar's text: the epoch's running means, read from the device only when the bar is drawn."""
+    if item is None:
+        return None
+    keys, sums, steps = item
+    return summarize(dict(zip(["loss", *keys], (sums / steps).tolist(), strict=True)))
+
+
 def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool = True) -> dict:
     """Train one seed of ``cfg`` on ``data`` and return its run record (not yet written)."""
     started = time.time()
@@ -125,7 +133,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
         epoch_steps = 0
         bar = click.progressbar(length=steps_per_epoch, label=f"{cfg.label} | {cfg.backbone} | seed {seed} | "
                                 f"epoch {epoch + 1}/{r.epochs}", hidden=not progress, file=sys.stderr,
-                                show_pos=True, item_show_func=lambda means: summarize(means) if means else None)
+                                show_pos=True, item_show_func=show_running_means)
         with bar:
             for batch in data.train_epoch(r.batch_size, generator):
                 x = batch.x.contiguous(memory_format=torch.channels_last) if runtime["channels_last"] else batch.x
@@ -142,7 +150,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
                 sums = values if sums is None else sums + values
                 step += 1
                 epoch_steps += 1
-                bar.update(1, dict(zip(["loss", *keys], (sums / epoch_steps).tolist(), strict=True)))
+                bar.update(1, (keys, sums, epoch_steps))
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         train_seconds += time.time() - epoch_start

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 
-from discbench.losses.muse import InfoMaxEncoder
+from discbench.losses.muse import InfoMaxEncoder, global_codes, local_codes
 from torch import Tensor
 
 from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Tap
-from discbench.features import locations, pooled
 from discbench.kernels import nce_mi_loss
 from discbench.registry import LOSSES
 
@@ -64,8 +63,7 @@ class MIMKD(Discrepancy):
         self.global_encoder = InfoMaxEncoder(target.channels, dim)
 
     def forward(self, source: Tensor, target: Tensor, ctx: LossContext) -> LossOutput:
-        b, _, h, w = source.shape
-        local = self.local_encoder(locations(source)).view(b, h * w, self.dim)  # (B, H*W, D)
-        global_ = self.global_encoder(pooled(target.detach())) * self.dim**-0.5  # (B, D); the 1/sqrt(D) of the critic
+        local = local_codes(self.local_encoder, source)  # (B, H*W, D)
+        global_ = global_codes(self.global_encoder, target.detach())  # (B, D), scaled by 1/sqrt(D) like MUSE's
         loss = nce_mi_loss(local, global_)
-        return LossOutput(loss, {"mi_lower_bound": math.log(b) - loss.detach()})
+        return LossOutput(loss, {"mi_lower_bound": math.log(source.shape[0]) - loss.detach()})

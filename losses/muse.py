@@ -163,6 +163,19 @@ class RecomputedInfoMax(torch.autograd.Function):
         return d_x, None, d_w1, *sums[3:]
 
 
+def local_codes(encoder: InfoMaxEncoder, feature: Tensor) -> Tensor:
+    """The local view: every location of a map, encoded. Shape: (B, C, H, W) -> (B, H*W, D)."""
+    b, _, h, w = feature.shape
+    return encoder(locations(feature)).view(b, h * w, -1)
+
+
+def global_codes(encoder: InfoMaxEncoder, feature: Tensor) -> Tensor:
+    """The global view: the pooled map, encoded and scaled by 1/sqrt(D), so that <local, global> is the critic's
+    scaled dot product (folded into the small global codes). Shape: (B, C, H, W) -> (B, D)."""
+    codes = encoder(pooled(feature))
+    return codes * codes.shape[1] ** -0.5
+
+
 class MUSE(Discrepancy):
     """Base of the four MUSE variants: which JSD terms they estimate and how they combine them."""
 
@@ -182,14 +195,12 @@ class MUSE(Discrepancy):
         raise NotImplementedError
 
     def forward(self, source: Tensor, target: Tensor, ctx: LossContext) -> LossOutput:
-        b, _, h, w = source.shape
-        local = self.local_encoder(locations(source)).view(b, h * w, self.dim)  # (B, N, D)
-        scale = self.dim**-0.5  # folded into the (small) global codes: the critic is <l, g> / sqrt(D)
+        local = local_codes(self.local_encoder, source)  # (B, N, D)
         terms = {}
         if self.uses_mi:
-            terms["mi"] = jsd_mi_loss(local, self.mi_global_encoder(pooled(target)) * scale)  # Eq. 5, (F_i, F_T)
+            terms["mi"] = jsd_mi_loss(local, global_codes(self.mi_global_encoder, target))  # Eq. 5, (F_i, F_T)
         if self.uses_si:
-            terms["si"] = jsd_mi_loss(local, self.si_global_encoder(pooled(source)) * scale)  # Eq. 5, (F_i, F_i)
+            terms["si"] = jsd_mi_loss(local, global_codes(self.si_global_encoder, source))  # Eq. 5, (F_i, F_i)
         loss = self.combine(terms.get("mi"), terms.get("si"))
         return LossOutput(loss, {k: v.detach() for k, v in terms.items()})
 
