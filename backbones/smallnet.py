@@ -39,3 +39,12 @@ class SmallNet(Backbone):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+@BACKBONES.register()
+class SmallNetHalf(SmallNet):
+    """SmallNet at half width (8/16/32/64, about 0.08 M parameters): the student and small peer of the CPU smoke
+    suites of MUSE Table 7."""
+
+    name = "smallnet_half"
+    widths = (8, 16, 32, 64)

@@ -10,9 +10,13 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from discbench.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -56,17 +60,34 @@ class Tap(str, Enum):
 
 
 class Pairing(str, Enum):
-    """Which (source module, target module) pairs a two-network protocol feeds to the plugin.
+    """Which (source module, target module) pairs a two-network protocol (online, offline) feeds to the plugin.
 
-    TO_LAST: every earlier module i < T to the target's last module T (MUSE, BYOT, MIMKD).
-    SAME_STAGE: module i to the target's module i, for i < T (FitNets' hint, AT, NST, VID).
-    LAST: only module T to module T (CRD on the penultimate embedding, logit methods).
-    Self-distillation always pairs i -> T within one network; this attribute matters for online/offline runs.
+    TO_LAST: every earlier module i < T of the trained network to the other network's last module T (MUSE §4
+        "Extension to Offline / Online Distillation", BYOT, MIMKD).
+    SAME_STAGE: module i to the other network's module i, for i = 2..T: every stage output after the first
+        module, the taps RepDistiller's AT, NST and VID compare (its ``feat[1:-1]``; module 1 of its CIFAR networks
+        is the stem).
+    HINT: module T-1 to module T-1 only: FitNets' single hint (RepDistiller's ``--hint_layer 2``, the second stage of
+        a CIFAR network, module 3 of 4).
+    LAST: only module T to module T (CRD on the penultimate embedding, AFD on the last map, logit methods).
+
+    Self-distillation always pairs i -> T within one network; the pairing matters for online and offline runs.
     """
 
     TO_LAST = "to_last"
     SAME_STAGE = "same_stage"
+    HINT = "hint"
     LAST = "last"
+
+    def pairs(self, num_modules: int) -> list[tuple[int, int]]:
+        """The 1-based (source module, target module) pairs for networks of ``num_modules`` modules."""
+        t = num_modules
+        return {
+            Pairing.TO_LAST: [(i, t) for i in range(1, t)],
+            Pairing.SAME_STAGE: [(i, i) for i in range(2, t + 1)],
+            Pairing.HINT: [(t - 1, t - 1)],
+            Pairing.LAST: [(t, t)],
+        }[self]
 
 
 @dataclass(frozen=True)
@@ -87,6 +108,7 @@ class LossContext:
     num_classes: int
     source_module: int = 0  # 1-based index of the source module of this pair
     target_module: int = 0  # 1-based index of the target module of this pair
+    critic_impl: str | None = None  # MI critic implementation resolved once per run (None: discbench.kernels decides)
 
 
 @dataclass
@@ -101,8 +123,10 @@ class Discrepancy(nn.Module):
     """Base class of every discrepancy plugin.
 
     Subclasses set ``name`` (the registry key), bump ``version`` whenever their numbers could change, declare
-    which tensors they compare (``tap``) and whether gradient flows into the target (``detaches_target``), and
-    implement ``forward``. Keyword arguments of ``__init__`` after the two specs are the plugin's hyper-parameters:
+    which tensors they compare (``tap``), which module pairs two networks feed them (``pairing``), whether gradient
+    flows into the target (``detaches_target``) and the protocols the method is defined for (``protocols``; another
+    protocol refuses the loss in one line), and implement ``forward``. Keyword arguments of ``__init__`` after the
+    two specs are the plugin's hyper-parameters:
     ``bench.toml`` sets them under ``[losses.<name>]`` and ``--set loss.<key>=...`` overrides them, type-checked
     against the defaults.
     """
@@ -112,6 +136,7 @@ class Discrepancy(nn.Module):
     tap: ClassVar[Tap] = Tap.FEATURE
     pairing: ClassVar[Pairing] = Pairing.TO_LAST
     detaches_target: ClassVar[bool] = True
+    protocols: ClassVar[frozenset[str]] = frozenset({"self", "online", "offline"})  # where the method is defined
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec):
         super().__init__()
@@ -165,3 +190,75 @@ class Backbone(nn.Module):
 def classifier_head(channels: int, num_classes: int) -> nn.Sequential:
     """Global average pooling, then a linear classifier."""
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """One classifier a protocol evaluates: exit ``exit`` (1-based module index) of network ``network``.
+
+    ``network`` is the network's role in its protocol: ``net`` (self-distillation), ``net1``/``net2`` (online),
+    ``student`` (offline); ``last`` marks the network's own final classifier (its exit T).
+    """
+
+    network: str
+    backbone: str
+    exit: int
+    last: bool
+
+    @property
+    def key(self) -> str:
+        """``net1/exit4``: the key of this classifier in ``predict`` and in run records."""
+        return f"{self.network}/exit{self.exit}"
+
+
+@dataclass
+class StepOutput:
+    """The weighted total of a step and its unweighted terms (detached scalars), e.g. ``{"ce@4": ..., "mi@1": ...}``.
+
+    Term names are ``<term>@<module>`` in one network and ``<term>@<network>.<module>`` (or ``@<network>``) when a
+    protocol trains several.
+    """
+
+    total: Tensor
+    terms: dict[str, Tensor]
+
+
+class Protocol(nn.Module):
+    """Base class of distillation protocols. One training loop (``discbench.train``) runs every protocol.
+
+    A protocol is built from a ``RunConfig`` (and, for protocols with ``needs_teacher``, the verified teacher
+    network). It owns the network(s) it trains, their exits and one discrepancy plugin per (source, target) pair, so
+    ``parameters()`` is everything the optimizer trains. It implements
+
+    - ``forward(x, y, ctx) -> StepOutput``: the weighted total and the unweighted named terms;
+    - ``classifiers() -> [Classifier]`` and ``predict(x) -> {classifier key: logits}``: every evaluated classifier;
+    - ``cost(image_shape) -> dict``: parameters and FLOPs per classifier, the losses' extra parameters;
+    - ``train(mode)``: a frozen teacher stays in eval mode whatever the loop asks.
+
+    Class attributes: ``name`` (registry key), ``Config`` (the frozen dataclass of ``[protocols.<name>]`` in
+    bench.toml), ``partner`` (the Config field naming the second network: ``"peer"`` or ``"teacher"``; None for one
+    network) and ``needs_teacher``.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    partner: ClassVar[str | None] = None
+    needs_teacher: ClassVar[bool] = False
+
+    @classmethod
+    def is_baseline(cls, cfg: RunConfig) -> bool:  # pragma: no cover - every protocol overrides it
+        """Whether ``cfg`` trains its network(s) without any distillation term (the papers' "Baseline" row)."""
+        raise NotImplementedError
+
+    def classifiers(self) -> list[Classifier]:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, y: Tensor, ctx: LossContext) -> StepOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> dict[str, Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def cost(self, image_shape: tuple[int, ...]) -> dict:  # pragma: no cover
+        raise NotImplementedError

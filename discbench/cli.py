@@ -16,6 +16,9 @@ config_option = click.option("--config", "config_path", type=click.Path(dir_okay
                              help="bench.toml to use (default: $DISCBENCH_CONFIG, ./bench.toml, the repository's).")
 results_option = click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
                               default=DEFAULT_RESULTS_DIR, show_default=True, help="Where run records live.")
+teacher_store_option = click.option(
+    "--teacher-store", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Teacher store (default: $DISCBENCH_TEACHERS, else ~/.cache/discbench/teachers).")
 data_options = [
     click.option("--data-dir", default=None, help="Dataset root (default: $DISCBENCH_DATA; Fashion-MNIST: "
                                                   "/usr/share/datasets/fashion-mnist)."),
@@ -46,25 +49,33 @@ def cli() -> None:
 @click.option("--backbone", default="resnet18", show_default=True)
 @click.option("--dataset", default="fashion-mnist", show_default=True)
 @click.option("--budget", default="smoke", show_default=True, help="Recipe in bench.toml: smoke, paper, ...")
-@click.option("--protocol", default="self", show_default=True)
+@click.option("--protocol", default="self", show_default=True, help="self, online or offline (discbench list "
+                                                                        "protocols).")
+@click.option("--peer", default=None, help="online: the second network's backbone (default: the same as --backbone).")
+@click.option("--teacher", default=None, help="offline: the teacher's backbone, from the teacher store.")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1), help="Runs seeds 0..N-1.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a resolved value, e.g. --set recipe.lr=0.05 --set loss.dim=64 (repeatable).")
 @click.option("--label", default=None, help="Row label in leaderboards (default: the loss and the overrides).")
 @results_option
 @config_option
+@teacher_store_option
 @with_options(data_options)
-def run(loss, backbone, dataset, budget, protocol, seeds, overrides, label, results_dir, config_path, data_dir,
-        download, device, force, quiet):
+def run(loss, backbone, dataset, budget, protocol, peer, teacher, seeds, overrides, label, results_dir, config_path,
+        teacher_store, data_dir, download, device, force, quiet):
     """Train seeds 0..N-1 of one configuration and write one record per seed."""
     from discbench.config import Bench
-    from discbench.train import pick_device, run_seeds
+    from discbench.teachers import TeacherStore
+    from discbench.train import DataCache, pick_device, run_seeds
 
-    cfg = Bench.load(config_path).resolve(loss, backbone, dataset, budget, protocol, overrides, label)
+    bench = Bench.load(config_path)
+    cfg = bench.resolve(loss, backbone, dataset, budget, protocol, overrides, label,
+                        partner={"peer": peer, "teacher": teacher})
     dev = pick_device(device)
-    click.echo(f"{cfg.label} | {backbone} | {dataset} | {budget} | {protocol} | config {cfg.hash} | {dev}", err=True)
-    run_seeds(cfg, range(seeds), results_dir, dev, force=force, data_dir=data_dir, download=download,
-              progress=not quiet)
+    click.echo(f"{cfg.label} | {backbone} | {dataset} | {budget} | {protocol} | config {cfg.request_hash} | {dev}",
+               err=True)
+    run_seeds(cfg, range(seeds), results_dir, dev, force=force, progress=not quiet, data=DataCache(data_dir, download),
+              bench=bench, teachers=TeacherStore(teacher_store))
 
 
 @cli.command()
@@ -75,25 +86,38 @@ def run(loss, backbone, dataset, budget, protocol, seeds, overrides, label, resu
               help="Also write the suite's tables to this file.")
 @results_option
 @config_option
+@teacher_store_option
 @with_options(data_options)
-def sweep(suite, budget, seeds, out, results_dir, config_path, data_dir, download, device, force, quiet):
-    """Run every (row, backbone, dataset, seed) of a suite, skipping existing records, then print its tables."""
+def sweep(suite, budget, seeds, out, results_dir, config_path, teacher_store, data_dir, download, device, force,
+          quiet):
+    """Run every (row, backbone, dataset, seed) of a suite, skipping existing records, then print its tables.
+
+    An offline suite first trains (and stores) every teacher it names that the teacher store lacks."""
     from discbench.config import Bench
     from discbench.leaderboard import render_suite
+    from discbench.registry import PROTOCOLS
     from discbench.results import load_records
-    from discbench.train import pick_device, run_seeds
+    from discbench.teachers import TeacherStore
+    from discbench.train import DataCache, pick_device, run_seeds, train_teachers
 
     bench = Bench.load(config_path)
     s = bench.suite(suite)
     configs = bench.suite_configs(s, budget)
     n_seeds = seeds or s.seeds
     dev = pick_device(device)
-    cache: dict = {}
+    data = DataCache(data_dir, download)
+    teachers = TeacherStore(teacher_store)
+    if PROTOCOLS.get(s.protocol).needs_teacher:
+        wanted = {(c.protocol.teacher, c.dataset.name, c.protocol.teacher_budget or c.budget, c.protocol.teacher_seed)
+                  for c in configs}
+        for backbone, dataset, teacher_budget, seed in sorted(wanted):
+            train_teachers(bench, backbone, dataset, teacher_budget, [seed], teachers, results_dir, dev,
+                           progress=not quiet, data=data)
     for i, cfg in enumerate(configs, 1):
         click.echo(f"[{i}/{len(configs)}] {cfg.label} | {cfg.backbone} | {cfg.dataset.name} | {cfg.budget} | "
-                   f"config {cfg.hash}", err=True)
-        run_seeds(cfg, range(n_seeds), results_dir, dev, force=force, data_dir=data_dir, download=download,
-                  progress=not quiet, data_cache=cache)
+                   f"config {cfg.request_hash}", err=True)
+        run_seeds(cfg, range(n_seeds), results_dir, dev, force=force, progress=not quiet, data=data, bench=bench,
+                  teachers=teachers)
     text = render_suite(s, configs, n_seeds, load_records(results_dir))
     if out:
         _write_text(out, text)
@@ -192,13 +216,16 @@ def list_(what, config_path):
     bench = Bench.load(config_path)
     rows: list[tuple[str, str]]
     if what == "losses":
-        rows = [(name, f"{origin}; hyper-parameters {_hparams(name)}") for name, origin in LOSSES.origins().items()]
-        rows += [(name, f"baseline in {bench.path}: {', '.join(sets) or 'protocol defaults'}")
-                 for name, sets in bench.baselines().items()]
+        rows = [(name, f"{origin}; protocols {', '.join(sorted(LOSSES.get(name).protocols))}; hyper-parameters "
+                 f"{_hparams(name)}") for name, origin in LOSSES.origins().items()]
+        rows += [(name, f"baseline in {bench.path}: " + "; ".join(
+                     f"{protocol}: {', '.join(sets) or 'protocol defaults'}" for protocol, sets in per.items()))
+                 for name, per in bench.baselines().items()]
     elif what == "backbones":
         rows = list(BACKBONES.origins().items())
     elif what == "protocols":
-        rows = list(PROTOCOLS.origins().items())
+        rows = [(name, f"{origin}; second network: --{PROTOCOLS.get(name).partner}" if PROTOCOLS.get(name).partner
+                 else origin) for name, origin in PROTOCOLS.origins().items()]
     elif what == "datasets":
         loaders = DATASETS.origins()
         layouts = {name: table.get("layout", "?") for name, table in bench.data["datasets"].items()}
@@ -234,6 +261,74 @@ def validate(loss):
                                                                                        else ""))
     if failed:
         sys.exit(1)  # not ctx.exit: main() runs click with standalone_mode=False, which swallows Exit codes
+
+
+@cli.command(name="train-teacher")
+@click.option("--backbone", required=True, help="The teacher's backbone (discbench list backbones).")
+@click.option("--dataset", default="fashion-mnist", show_default=True)
+@click.option("--budget", default="smoke", show_default=True, help="Recipe (its offline-protocol variant is used).")
+@click.option("--seeds", default=None, type=click.IntRange(min=1), help="Train seeds 0..N-1.")
+@click.option("--seed", default=None, type=click.IntRange(min=0), help="Train this one seed (default 0).")
+@results_option
+@config_option
+@teacher_store_option
+@with_options(data_options)
+def train_teacher(backbone, dataset, budget, seeds, seed, results_dir, config_path, teacher_store, data_dir, download,
+                  device, force, quiet):
+    """Train a plain network and store it as a teacher (weights, sha256, config, test top-1) for offline runs."""
+    from discbench.config import Bench
+    from discbench.teachers import TeacherStore
+    from discbench.train import DataCache, pick_device, train_teachers
+
+    if seeds is not None and seed is not None:
+        raise DiscbenchError("give --seeds N (seeds 0..N-1) or --seed K, not both")
+    chosen = range(seeds) if seeds is not None else [seed or 0]
+    store = TeacherStore(teacher_store)
+    train_teachers(Bench.load(config_path), backbone, dataset, budget, chosen, store, results_dir,
+                   pick_device(device), force=force, progress=not quiet, data=DataCache(data_dir, download))
+
+
+@cli.group()
+def teacher() -> None:
+    """The teacher store: list its teachers, import a RepDistiller checkpoint."""
+
+
+@teacher.command(name="list")
+@teacher_store_option
+def teacher_list(teacher_store):
+    """Every stored teacher: id, backbone, dataset, budget, seed, test top-1, sha256, source."""
+    from discbench.teachers import TeacherStore
+
+    store = TeacherStore(teacher_store)
+    manifests = store.manifests()
+    click.echo(f"teacher store: {store.root}")
+    if not manifests:
+        click.echo("no teachers; train one with 'discbench train-teacher --backbone NAME'")
+        return
+    from tabulate import tabulate
+
+    rows = [{"id": m["teacher_id"], "backbone": m["backbone"], "dataset": m["dataset"], "budget": m["budget"],
+             "seed": m["seed"], "top-1": "—" if m.get("top1") is None else f"{m['top1']:.2f}",
+             "sha256": m["sha256"][:16], "source": m["source"]} for m in manifests]
+    click.echo(tabulate(rows, headers="keys", tablefmt="pipe"))
+
+
+@teacher.command(name="import")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--backbone", required=True, help="discbench backbone of the checkpoint (e.g. resnet56, wrn_40_2).")
+@click.option("--dataset", default="cifar100", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed to file it under.")
+@click.option("--force", is_flag=True, help="Replace a teacher already stored under the same id.")
+@config_option
+@teacher_store_option
+def teacher_import(checkpoint, backbone, dataset, seed, force, config_path, teacher_store):
+    """Import a RepDistiller checkpoint ({'model': state_dict, 'accuracy': ...}) as a teacher of budget 'imported'."""
+    from discbench.config import Bench
+    from discbench.teachers import TeacherStore, import_repdistiller
+
+    path = import_repdistiller(Bench.load(config_path), checkpoint, backbone, dataset, seed,
+                               TeacherStore(teacher_store), force=force)
+    click.echo(f"stored {path}")
 
 
 def _hparams(name: str) -> str:

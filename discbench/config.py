@@ -80,6 +80,21 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class TeacherRef:
+    """The identity of a stored teacher, part of an offline student's configuration (and so of its hash).
+
+    ``teacher_id`` is ``<teacher config hash>-seed<k>`` (or ``imported-<sha256 prefix>``); ``sha256`` is the digest
+    of its weights file, verified before every load (``discbench.teachers``).
+    """
+
+    backbone: str
+    dataset: str
+    num_classes: int
+    teacher_id: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that determines a run's numbers, except the seed."""
 
@@ -92,19 +107,41 @@ class RunConfig:
     protocol: Any  # the protocol's own frozen Config dataclass
     loss: LossConfig
     runtime: RuntimeConfig
+    teacher: TeacherRef | None = None  # resolved from the teacher store for protocols that need one
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["loss"]["hparams"] = dict(sorted(self.loss.hparams.items()))
+        if self.teacher is None:
+            out.pop("teacher")  # configurations without a teacher hash as they did before the field existed
         return out
+
+    @staticmethod
+    def _digest(payload: dict[str, Any]) -> str:
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
     def hash(self) -> str:
-        """16 hex digits of the SHA-256 of the canonical JSON of the configuration, without its label."""
+        """16 hex digits of the SHA-256 of the canonical JSON of the configuration, without its label (with the
+        teacher's identity, when there is one)."""
         payload = self.to_dict()
         payload.pop("label")
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return self._digest(payload)
+
+    @property
+    def request_hash(self) -> str:
+        """The hash of what was asked for, before a teacher was looked up: suites find their records by it (a
+        leaderboard can be rendered without the teacher store). Equal to ``hash`` for runs without a teacher."""
+        payload = self.to_dict()
+        payload.pop("label")
+        payload.pop("teacher", None)
+        return self._digest(payload)
+
+    @property
+    def is_baseline(self) -> bool:
+        """Whether this run trains without any distillation term (its protocol decides)."""
+        return PROTOCOLS.get(self.protocol_name).is_baseline(self)
 
 
 # -- typed construction ----------------------------------------------------------------------------------------------
@@ -206,6 +243,12 @@ class SuiteRow:
 
 @dataclass(frozen=True)
 class Suite:
+    """A table of bench.toml: rows (losses or baselines) x datasets x backbones, under one protocol.
+
+    ``partners`` (two-network protocols) pairs each backbone with a second network, position by position: the peer
+    (online) or the teacher (offline); empty for self-distillation.
+    """
+
     name: str
     protocol: str
     datasets: tuple[str, ...]
@@ -213,6 +256,13 @@ class Suite:
     seeds: int
     budget: str
     rows: tuple[SuiteRow, ...]
+    partners: tuple[str, ...] = ()
+
+    def columns(self) -> list[tuple[str, str | None]]:
+        """(backbone, partner) per column; partner None for one-network protocols."""
+        if not self.partners:
+            return [(b, None) for b in self.backbones]
+        return list(zip(self.backbones, self.partners, strict=True))
 
 
 class Bench:
@@ -240,12 +290,12 @@ class Bench:
     def names(self, section: str) -> list[str]:
         return sorted(self.data.get(section, {}))
 
-    def baselines(self) -> dict[str, tuple[str, ...]]:
-        """Baseline rows: name -> the overrides that define them."""
+    def baselines(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        """Baseline rows: name -> protocol -> the overrides that define the row under that protocol."""
         out = {}
         for name, table in self.data.get("baselines", {}).items():
-            sets = table.get("set", {})
-            out[name] = tuple(f"{k}={json.dumps(v)}" for k, v in sets.items())
+            out[name] = {protocol: tuple(f"{k}={json.dumps(v)}" for k, v in sets.items())
+                         for protocol, sets in table.items()}
         return out
 
     def _table(self, section: str, name: str, kind: str) -> dict[str, Any]:
@@ -264,16 +314,35 @@ class Bench:
         protocol: str = "self",
         overrides: Sequence[str] = (),
         label: str | None = None,
+        partner: Mapping[str, str] | None = None,
+        recipe_protocol: str | None = None,
     ) -> RunConfig:
+        """The frozen configuration of one run.
+
+        The recipe is the budget's table, then its ``datasets.<dataset>`` overrides, then its ``protocols.<protocol>``
+        overrides (of ``recipe_protocol`` when given: a teacher is trained with the offline students' recipe).
+
+        ``partner`` names the second network of a two-network protocol, as ``{"peer": NAME}`` (online) or
+        ``{"teacher": NAME}`` (offline): the command line's ``--peer`` and ``--teacher``, a suite's ``partners``.
+        """
         from discbench.registry import BACKBONES
 
         baselines = self.baselines()
+        proto_cls = PROTOCOLS.get(protocol)
         if loss in baselines:
             if loss in LOSSES:
                 raise DiscbenchError(f"'{loss}' is both a baseline in {self.path} and a registered loss; rename one")
-            loss_name, base_sets = "", baselines[loss]
+            if protocol not in baselines[loss]:
+                defined = [n for n, per in baselines.items() if protocol in per]
+                raise DiscbenchError(f"baseline '{loss}' is not defined for protocol '{protocol}' in {self.path}; "
+                                     f"baselines of '{protocol}': {', '.join(defined) or 'none'}")
+            loss_name, base_sets = "", baselines[loss][protocol]
         elif loss in LOSSES:
             loss_name, base_sets = loss, ()
+            supported = LOSSES.get(loss).protocols
+            if protocol not in supported:
+                raise DiscbenchError(f"loss '{loss}' is not defined for protocol '{protocol}'; it supports: "
+                                     f"{', '.join(sorted(supported))}")
         else:
             raise DiscbenchError(unknown_name_message("loss", loss, [*LOSSES.names(), *baselines]))
         BACKBONES.get(backbone)  # unknown backbone -> did-you-mean error
@@ -282,21 +351,30 @@ class Bench:
         sets: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
         for section, key, value in parsed:
             sets[section][key] = value
+        for key, name in (partner or {}).items():
+            if not name:
+                continue
+            if key != proto_cls.partner:
+                takes = f"takes --{proto_cls.partner}" if proto_cls.partner else "trains one network"
+                raise DiscbenchError(f"--{key} does not apply to protocol '{protocol}', which {takes}")
+            sets["protocol"][key] = name
 
         ds_table = self._table("datasets", dataset, "dataset")
         ds = build(DatasetConfig, {**ds_table, **sets["dataset"]}, f"dataset '{dataset}'", name=dataset)
 
         recipe_table = self._table("recipes", budget, "budget")
         per_dataset = recipe_table.pop("datasets", {})
+        per_protocol = recipe_table.pop("protocols", {})
         recipe = build(
             RecipeConfig,
-            {**recipe_table, **per_dataset.get(dataset, {}), **sets["recipe"]},
+            {**recipe_table, **per_dataset.get(dataset, {}), **per_protocol.get(recipe_protocol or protocol, {}),
+             **sets["recipe"]},
             f"recipe '{budget}'",
         )
 
-        proto_cls = PROTOCOLS.get(protocol)
         proto_table = self.data["protocols"].get(protocol, {})
         proto = build(proto_cls.Config, {**proto_table, **sets["protocol"]}, f"protocol '{protocol}'")
+        proto = self._resolve_partner(proto_cls, proto, backbone)
 
         runtime = build(RuntimeConfig, {**self.data["runtime"], **sets["runtime"]}, "runtime")
         loss_cfg = self._resolve_loss(loss_name, sets["loss"])
@@ -314,6 +392,25 @@ class Bench:
             loss=loss_cfg,
             runtime=runtime,
         )
+
+    @staticmethod
+    def _resolve_partner(proto_cls: Any, proto: Any, backbone: str) -> Any:
+        """The second network of a two-network protocol: a registered backbone; an omitted peer is the run's own
+        backbone (two identical networks), an omitted teacher is an error."""
+        from discbench.registry import BACKBONES
+
+        key = proto_cls.partner
+        if key is None:
+            return proto
+        name = getattr(proto, key)
+        if not name:
+            if key != "peer":
+                raise DiscbenchError(f"protocol '{proto_cls.name}' needs a {key}: pass --{key} BACKBONE "
+                                     f"(discbench teacher list)")
+            return dataclasses.replace(proto, **{key: backbone})
+        if name not in BACKBONES:
+            raise DiscbenchError(unknown_name_message(f"--{key} backbone", name, BACKBONES.names()))
+        return proto
 
     def _resolve_loss(self, name: str, sets: Mapping[str, Any]) -> LossConfig:
         if not name:
@@ -354,10 +451,17 @@ class Bench:
             rows.append(SuiteRow(loss=row["loss"], label=row.get("label", row["loss"]), overrides=sets))
         if not rows:
             raise DiscbenchError(f"{where}: no rows")
-        return build(Suite, table, where, name=name, rows=tuple(rows))
+        suite = build(Suite, table, where, name=name, rows=tuple(rows))
+        key = PROTOCOLS.get(suite.protocol).partner
+        if bool(suite.partners) != bool(key) or (key and len(suite.partners) != len(suite.backbones)):
+            need = f"one partner ({key}) per backbone" if key else "no partners"
+            raise DiscbenchError(f"{where}: protocol '{suite.protocol}' needs {need}; got partners = "
+                                 f"{list(suite.partners)} for backbones = {list(suite.backbones)}")
+        return suite
 
     def suite_configs(self, suite: Suite, budget: str | None = None) -> list[RunConfig]:
         """Every (dataset, backbone, row) configuration of ``suite``, under ``budget`` or the suite's own."""
+        key = PROTOCOLS.get(suite.protocol).partner
         return [self.resolve(row.loss, backbone, dataset, budget or suite.budget, suite.protocol, row.overrides,
-                             row.label)
-                for dataset in suite.datasets for backbone in suite.backbones for row in suite.rows]
+                             row.label, partner={key: partner} if partner else None)
+                for dataset in suite.datasets for backbone, partner in suite.columns() for row in suite.rows]

@@ -1,10 +1,11 @@
 """Run records -> pandas -> tabulate -> markdown leaderboards. Tables are generated, never typed.
 
-For every (dataset, budget, protocol) the leaderboard has three tables:
+For every (dataset, budget, protocol) the leaderboard has these tables:
 
-1. MUSE Table 1's layout: per-module top-1 of each backbone x method, with the plain network's top-1 as the
-   Baseline column (rows whose records have a single exit are the baseline);
-2. MUSE Table 6's layout: last-module top-1 of each method (rows) per backbone (columns);
+1. one network (self-distillation): MUSE Table 1's layout, per-module top-1 of each backbone x method, with the
+   baseline runs' top-1 as the Baseline column (a record says whether it is a baseline: its protocol decides from
+   its configuration), and MUSE Table 6's layout, last-module top-1 of each method (rows) per backbone (columns);
+2. two networks (online, offline): MUSE Table 7's layout, one column per network pair;
 3. cost: the losses' extra parameters and the training throughput.
 
 Cells read ``78.75 ± 0.31 (n=3)``: mean and sample standard deviation (ddof=1) over seeds, last epoch. The best
@@ -13,6 +14,7 @@ mean of each column (within a backbone in table 1) is bold.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 import pandas as pd
@@ -20,28 +22,32 @@ from tabulate import tabulate
 
 from discbench.config import RunConfig, Suite
 from discbench.errors import DiscbenchError
+from discbench.results import RunRecord
 
 GROUP = ["dataset", "budget", "protocol"]
 
 
-def records_frame(records: Iterable[dict]) -> pd.DataFrame:
-    """One row per record: identity columns, ``top1/exit<i>`` per exit, and cost columns."""
+def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
+    """One row per record: identity columns, ``top1/<classifier key>`` per classifier, ``last/<network>`` (each
+    network's own final classifier) and cost columns. Everything is read from the record's typed fields."""
     rows = []
     for r in records:
         row = {
-            "dataset": r["dataset"], "budget": r["budget"], "protocol": r["protocol"], "backbone": r["backbone"],
-            "label": r["label"], "config_hash": r["config_hash"], "seed": r["seed"], "loss": r["loss"]["name"],
-            "n_exits": len(r["final_top1"]), "loss_params": r["cost"]["loss_params"],
-            "images_per_second": r["timing"]["images_per_second"], "steps_per_second": r["timing"]["steps_per_second"],
+            "dataset": r.dataset, "budget": r.budget, "protocol": r.protocol, "backbone": r.backbone,
+            "partner": r.partner, "label": r.label, "config_hash": r.config_hash, "seed": r.seed,
+            "loss": r.loss["name"], "baseline": r.baseline, "loss_params": r.cost["loss_params"],
+            "images_per_second": r.timing["images_per_second"], "steps_per_second": r.timing["steps_per_second"],
+            "teacher_top1": r.teacher["top1"] if r.teacher else None,
         }
-        row.update({f"top1/{k}": v for k, v in r["final_top1"].items()})
-        row["top1/last"] = r["final_top1"][max(r["final_top1"], key=lambda k: int(k.removeprefix("exit")))]
+        row.update({f"top1/{k}": v for k, v in r.final_top1.items()})
+        row.update({f"last/{net}": r.last_top1(net) for net in r.networks})
+        row["top1/last"] = r.last_top1(r.networks[0])
         rows.append(row)
     if not rows:
         raise DiscbenchError("no run records found; run 'discbench run' or 'discbench sweep' first")
     df = pd.DataFrame(rows)
     # Two configurations under one label (e.g. bench.toml changed between runs) must not be averaged together.
-    n_hashes = df.groupby([*GROUP, "backbone", "label"])["config_hash"].transform("nunique")
+    n_hashes = df.groupby([*GROUP, "backbone", "partner", "label"], dropna=False)["config_hash"].transform("nunique")
     df.loc[n_hashes > 1, "label"] = df["label"] + " (" + df["config_hash"].str[:6] + ")"
     return df
 
@@ -66,25 +72,27 @@ def _bold_best(table: pd.DataFrame, means: pd.DataFrame, columns: list[str]) -> 
 
 
 def _row_order(df: pd.DataFrame) -> list[str]:
-    """Rows by their given rank (a suite's order), then baselines (one exit) first, then rows without a
-    discrepancy, then the rest, by label within each."""
-    info = df.groupby("label").agg(rank=("rank", "min"), n_exits=("n_exits", "max"), loss=("loss", "first"))
-    return sorted(info.index, key=lambda label: (info.at[label, "rank"], info.at[label, "n_exits"] > 1,
+    """Rows by their given rank (a suite's order), then baselines first, then rows without a discrepancy, then the
+    rest, by label within each."""
+    info = df.groupby("label").agg(rank=("rank", "min"), baseline=("baseline", "all"), loss=("loss", "first"))
+    return sorted(info.index, key=lambda label: (info.at[label, "rank"], not info.at[label, "baseline"],
                                                  info.at[label, "loss"] != "", label))
 
 
 def _exit_columns(df: pd.DataFrame) -> list[str]:
-    return sorted((c for c in df.columns if c.startswith("top1/exit")), key=lambda c: int(c.removeprefix("top1/exit")))
+    """The one network's exit columns (``top1/net/exit<i>``) that have values, by exit."""
+    cols = [c for c in df.columns if c.startswith("top1/net/exit") and df[c].notna().any()]
+    return sorted(cols, key=lambda c: int(c.removeprefix("top1/net/exit")))
 
 
 def per_module_table(df: pd.DataFrame) -> str:
     """MUSE Table 1 layout: backbone x method rows, Module 1..T columns, Baseline column."""
     exits = _exit_columns(df)
-    headers = [f"Module {c.removeprefix('top1/exit')} ↑" for c in exits]
+    headers = [f"Module {c.removeprefix('top1/net/exit')} ↑" for c in exits]
     blocks = []
     for backbone, sub in df.groupby("backbone", sort=True):
-        baseline = sub[sub["n_exits"] == 1]
-        rows = sub[sub["n_exits"] > 1]
+        baseline = sub[sub["baseline"]]
+        rows = sub[~sub["baseline"]]
         labels = _row_order(rows) if not rows.empty else []
         table = pd.DataFrame(index=labels, columns=headers, dtype=object)
         means = pd.DataFrame(index=labels, columns=headers, dtype=float)
@@ -96,7 +104,7 @@ def per_module_table(df: pd.DataFrame) -> str:
         table = _bold_best(table, means, headers)
         table.insert(0, "Method", labels)
         table.insert(0, "Backbone", backbone)
-        table["Baseline ↑"] = cell(baseline[exits[-1]]) if not baseline.empty else "—"
+        table["Baseline ↑"] = cell(baseline["top1/last"]) if not baseline.empty else "—"
         blocks.append(table)
     if not blocks or all(b.empty for b in blocks):
         return "_No runs with exits._"
@@ -120,12 +128,49 @@ def last_module_table(df: pd.DataFrame) -> str:
     return tabulate(table, headers="keys", tablefmt="pipe", showindex=False)
 
 
+def pair_table(df: pd.DataFrame) -> str:
+    """MUSE Table 7 layout for two-network protocols: methods as rows, one column per network pair.
+
+    Online (Table 7(a)): columns ``net1 / net2``; an identical pair is one cell, the mean of the two networks per
+    seed (as the paper reports it), a different pair is ``net1 / net2``. Offline (Table 7(b)): columns
+    ``teacher (its top-1) → student``, the student's top-1.
+    """
+    columns = df[["backbone", "partner"]].drop_duplicates().sort_values(["backbone", "partner"])
+    labels = _row_order(df)
+    table = pd.DataFrame(index=labels, dtype=object)
+    means = pd.DataFrame(index=labels, dtype=float)
+    heads = []
+    for backbone, partner in columns.itertuples(index=False):
+        runs = df[(df["backbone"] == backbone) & (df["partner"] == partner)]
+        offline = runs["teacher_top1"].notna().any()
+        if offline:
+            head = f"{partner} ({runs['teacher_top1'].mean():.2f}) → {backbone} ↑"
+        else:
+            head = f"{backbone} / {partner} ↑"
+        heads.append(head)
+        for label in labels:
+            mine = runs[runs["label"] == label]
+            if offline:
+                values = mine["last/student"]
+            elif backbone == partner:
+                values = (mine["last/net1"] + mine["last/net2"]) / 2
+            else:
+                table.loc[label, head] = f"{cell(mine['last/net1'])} / {cell(mine['last/net2'])}"
+                means.loc[label, head] = mine["last/net1"].mean()
+                continue
+            table.loc[label, head] = cell(values)
+            means.loc[label, head] = values.mean()
+    table = _bold_best(table.fillna("—"), means, heads)
+    table.insert(0, "Method", labels)
+    return tabulate(table, headers="keys", tablefmt="pipe", showindex=False)
+
+
 def cost_table(df: pd.DataFrame) -> str:
-    """Extra parameters of the losses and training throughput per backbone x method."""
+    """Extra parameters of the losses and training throughput per backbone (and partner) x method."""
     rows = []
-    for (backbone, label), runs in df.groupby(["backbone", "label"], sort=False):
+    for (backbone, partner, label), runs in df.groupby(["backbone", "partner", "label"], sort=False, dropna=False):
         rows.append({
-            "Backbone": backbone, "Method": label,
+            "Backbone": backbone if pd.isna(partner) else f"{backbone} ({partner})", "Method": label,
             "Loss params ↓": f"{int(runs['loss_params'].iloc[0]):,}",
             "Train images/s ↑": f"{runs['images_per_second'].mean():.0f}",
             "Steps/s ↑": f"{runs['steps_per_second'].mean():.2f}",
@@ -135,7 +180,7 @@ def cost_table(df: pd.DataFrame) -> str:
     return tabulate(rows, headers="keys", tablefmt="pipe")
 
 
-def render(records: Iterable[dict], budget: str | None = None, title: str = "discbench leaderboard",
+def render(records: Iterable[RunRecord], budget: str | None = None, title: str = "discbench leaderboard",
            order: Iterable[str] = ()) -> str:
     """The markdown leaderboard of ``records`` (only ``budget`` if given; rows in ``order`` first, e.g. a suite's)."""
     df = records_frame(records)
@@ -149,22 +194,25 @@ def render(records: Iterable[dict], budget: str | None = None, title: str = "dis
              "Top-1 accuracy (%) on the test split at the last epoch, mean ± sample std over seeds (n = seeds). "
              "Generated by `discbench leaderboard` from the run records; do not edit by hand.", ""]
     for (dataset, budget_, protocol), sub in df.groupby(GROUP, sort=True):
-        parts += [f"## {dataset} · budget `{budget_}` · protocol `{protocol}`", "",
-                  "### Per module (MUSE Table 1 layout)", "", per_module_table(sub), "",
-                  "### Last module (MUSE Table 6 layout)", "", last_module_table(sub), "",
-                  "### Cost", "", cost_table(sub), ""]
+        parts += [f"## {dataset} · budget `{budget_}` · protocol `{protocol}`", ""]
+        if sub["partner"].notna().any():
+            parts += ["### Network pairs (MUSE Table 7 layout)", "", pair_table(sub), ""]
+        else:
+            parts += ["### Per module (MUSE Table 1 layout)", "", per_module_table(sub), "",
+                      "### Last module (MUSE Table 6 layout)", "", last_module_table(sub), ""]
+        parts += ["### Cost", "", cost_table(sub), ""]
     return "\n".join(parts)
 
 
-def render_suite(suite: Suite, configs: list[RunConfig], seeds: int, records: Iterable[dict]) -> str:
+def render_suite(suite: Suite, configs: list[RunConfig], seeds: int, records: Iterable[RunRecord]) -> str:
     """The tables of one suite: its configurations' records for seeds 0..seeds-1, under the suite's row labels.
 
     A record is found by its configuration hash whatever its label (another suite or a plain ``discbench run`` may
     have produced the same configuration first), so the labels are the suite's, in the suite's order.
     """
-    label_of = {c.hash: c.label for c in configs}
-    mine = [{**r, "label": label_of[r["config_hash"]]} for r in records
-            if r["config_hash"] in label_of and r["seed"] < seeds]
+    label_of = {c.request_hash: c.label for c in configs}
+    mine = [dataclasses.replace(r, label=label_of[r.request_hash]) for r in records
+            if r.request_hash in label_of and r.seed < seeds]
     if not mine:
         raise DiscbenchError(f"suite '{suite.name}' has no run records yet; run 'discbench sweep --suite {suite.name}'")
     return render(mine, title=f"suite `{suite.name}`", order=[row.label for row in suite.rows])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -9,6 +10,7 @@ import re
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,12 @@ import torch
 import torchvision
 
 import discbench
+from discbench.api import Classifier
 from discbench.config import RunConfig
 from discbench.errors import DiscbenchError
+from discbench.registry import PROTOCOLS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_RESULTS_DIR = Path("results") / "runs"
 
 
@@ -55,34 +59,124 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def new_record(cfg: RunConfig, seed: int, epochs: list[dict], runtime: dict, cost: dict, timing: dict) -> dict:
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of one seed: what was configured, what every classifier scored, what it cost, and where it ran.
+
+    Written as JSON (``to_dict``) and read back with ``from_dict``, which checks the keys and upgrades records of
+    older schemas. Leaderboards read its fields; they never parse names such as ``exit4`` or ``mi@2``. The schema is
+    documented in results/README.md.
+    """
+
+    run_id: str
+    config_hash: str
+    request_hash: str
+    label: str
+    protocol: str
+    dataset: str
+    budget: str
+    backbone: str
+    partner: str | None  # the peer (online) or teacher (offline) backbone; None for one network
+    loss: dict[str, Any]  # {"name": registry name or "" for a baseline, "version": plugin version}
+    seed: int
+    baseline: bool  # trained without any distillation term, decided by the protocol from the configuration
+    classifiers: tuple[Classifier, ...]
+    final_top1: dict[str, float]  # classifier key -> top-1 (%) after the last epoch: the primary metric
+    best_top1: dict[str, dict[str, float]]
+    final_train_terms: dict[str, float]
+    epochs: list[dict[str, Any]]
+    timing: dict[str, Any]
+    cost: dict[str, Any]
+    runtime: dict[str, Any]
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+    teacher: dict[str, Any] | None = None  # offline: teacher_id, backbone, sha256, top1, source, store
+    schema: int = SCHEMA_VERSION
+
+    def last_top1(self, network: str) -> float:
+        """Top-1 of ``network``'s own final classifier."""
+        return self.final_top1[next(c.key for c in self.classifiers if c.network == network and c.last)]
+
+    @property
+    def networks(self) -> list[str]:
+        """The evaluated networks, in the protocol's order (``net``; ``net1``, ``net2``; ``student``)."""
+        return list(dict.fromkeys(c.network for c in self.classifiers))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.schema, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                          if f.name not in ("schema", "classifiers")},
+                "classifiers": [dataclasses.asdict(c) for c in self.classifiers]}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "record") -> RunRecord:
+        """A record from its JSON form; schema 1 (self-distillation, keys ``exit<i>``) is upgraded in memory."""
+        if not isinstance(data, dict) or data.get("schema") not in (1, SCHEMA_VERSION):
+            raise DiscbenchError(f"{where} is not a discbench run record of schema 1 or {SCHEMA_VERSION}")
+        if data["schema"] == 1:
+            data = _upgrade_v1(data)
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        missing = sorted(required - set(data))
+        if missing:
+            raise DiscbenchError(f"{where} lacks the key '{missing[0]}'; delete it and rerun that seed")
+        values = {k: v for k, v in data.items() if k in names}
+        values["classifiers"] = tuple(Classifier(**c) for c in data["classifiers"])
+        return cls(**values)
+
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 -> 2: self-distillation records named classifiers ``exit<i>`` of one network and left the baseline
+    to be guessed; the configuration they carry decides it now."""
+
+    def rename(table: dict[str, Any]) -> dict[str, Any]:
+        return {f"net/{k}": v for k, v in table.items()}
+
+    exits = sorted(int(k.removeprefix("exit")) for k in data["final_top1"])
+    out = dict(data, schema=SCHEMA_VERSION, request_hash=data["config_hash"], partner=None, teacher=None)
+    out["baseline"] = not data["config"]["protocol"]["exits"] and not data["loss"]["name"]
+    out["classifiers"] = [{"network": "net", "backbone": data["backbone"], "exit": i, "last": i == exits[-1]}
+                          for i in exits]
+    out["final_top1"] = rename(data["final_top1"])
+    out["best_top1"] = rename(data["best_top1"])
+    out["epochs"] = [dict(e, top1=rename(e["top1"])) if "top1" in e else e for e in data["epochs"]]
+    out["cost"] = dict(data["cost"], per_exit=rename(data["cost"]["per_exit"]))
+    return out
+
+
+def new_record(cfg: RunConfig, seed: int, epochs: list[dict], classifiers: list[Classifier], runtime: dict,
+               cost: dict, timing: dict, teacher: dict | None = None) -> RunRecord:
     """Assemble a run record from the training loop's results."""
     last_eval = next(e for e in reversed(epochs) if "top1" in e)
     best = {}
     for name in last_eval["top1"]:
         top, epoch = max((e["top1"][name], e["epoch"]) for e in epochs if "top1" in e)
         best[name] = {"top1": top, "epoch": epoch}
-    return {
-        "schema": SCHEMA_VERSION,
-        "run_id": f"{cfg.hash}-seed{seed}",
-        "config_hash": cfg.hash,
-        "label": cfg.label,
-        "protocol": cfg.protocol_name,
-        "dataset": cfg.dataset.name,
-        "budget": cfg.budget,
-        "backbone": cfg.backbone,
-        "loss": {"name": cfg.loss.name, "version": cfg.loss.version},
-        "seed": seed,
-        "final_top1": last_eval["top1"],
-        "best_top1": best,
-        "final_train_terms": epochs[-1]["train_terms"],
-        "epochs": epochs,
-        "timing": timing,
-        "cost": cost,
-        "runtime": runtime,
-        "config": cfg.to_dict(),
-        "provenance": provenance(),
-    }
+    partner_key = PROTOCOLS.get(cfg.protocol_name).partner
+    return RunRecord(
+        run_id=f"{cfg.hash}-seed{seed}",
+        config_hash=cfg.hash,
+        request_hash=cfg.request_hash,
+        label=cfg.label,
+        protocol=cfg.protocol_name,
+        dataset=cfg.dataset.name,
+        budget=cfg.budget,
+        backbone=cfg.backbone,
+        partner=getattr(cfg.protocol, partner_key) if partner_key else None,
+        loss={"name": cfg.loss.name, "version": cfg.loss.version},
+        seed=seed,
+        baseline=cfg.is_baseline,
+        classifiers=tuple(classifiers),
+        final_top1=last_eval["top1"],
+        best_top1=best,
+        final_train_terms=epochs[-1]["train_terms"],
+        epochs=epochs,
+        timing=timing,
+        cost=cost,
+        runtime=runtime,
+        config=cfg.to_dict(),
+        provenance=provenance(),
+        teacher=teacher,
+    )
 
 
 def record_path(results_dir: Path, cfg: RunConfig, seed: int) -> Path:
@@ -115,11 +209,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_record(path: Path, record: dict) -> None:
-    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+def write_record(path: Path, record: RunRecord) -> None:
+    atomic_write_text(path, json.dumps(record.to_dict(), indent=1) + "\n")
 
 
-def load_records(results_dir: Path) -> list[dict]:
+def load_records(results_dir: Path) -> list[RunRecord]:
     """Every record under ``results_dir``; a file that is not a record raises with its path."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
@@ -133,7 +227,5 @@ def load_records(results_dir: Path) -> list[dict]:
             record = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise DiscbenchError(f"{path} is not valid JSON ({exc}); delete it and rerun that seed") from exc
-        if not isinstance(record, dict) or record.get("schema") != SCHEMA_VERSION:
-            raise DiscbenchError(f"{path} is not a discbench run record of schema {SCHEMA_VERSION}")
-        records.append(record)
+        records.append(RunRecord.from_dict(record, str(path)))
     return records

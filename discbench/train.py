@@ -14,18 +14,20 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import torch
 from torch import Tensor
 
-from discbench.api import LossContext
-from discbench.config import RunConfig
+from discbench.api import LossContext, Protocol
+from discbench.config import Bench, RunConfig
 from discbench.errors import DiscbenchError, NonFiniteLossError
 from discbench.kernels import select_impl
 from discbench.registry import PROTOCOLS
-from discbench.results import find_record, new_record, record_path, write_record
+from discbench.results import RunRecord, find_record, new_record, record_path, write_record
+from discbench.teachers import Teacher, TeacherStore, teacher_config
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -101,12 +103,21 @@ def show_running_means(item: tuple[list[str], Tensor, int] | None) -> str | None
     return summarize(dict(zip(["loss", *keys], (sums / steps).tolist(), strict=True)))
 
 
-def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool = True) -> dict:
-    """Train one seed of ``cfg`` on ``data`` and return its run record (not yet written)."""
+@dataclass
+class TrainedRun:
+    """What ``train`` returns: the run record (not yet written) and the trained protocol (its networks)."""
+
+    record: RunRecord
+    system: Protocol
+
+
+def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool = True,
+          teacher: Teacher | None = None) -> TrainedRun:
+    """Train one seed of ``cfg`` on ``data`` (against ``teacher`` for protocols that need one)."""
     started = time.time()
     seed_everything(seed, device)
     runtime = effective_runtime(cfg, device)
-    system = PROTOCOLS.get(cfg.protocol_name)(cfg).to(device)
+    system = PROTOCOLS.get(cfg.protocol_name)(cfg, teacher=teacher.network if teacher else None).to(device)
     if runtime["channels_last"]:
         system = system.to(memory_format=torch.channels_last)
     image_shape = (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
@@ -138,7 +149,8 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
             for batch in data.train_epoch(r.batch_size, generator):
                 x = batch.x.contiguous(memory_format=torch.channels_last) if runtime["channels_last"] else batch.x
                 ctx = LossContext(step=step, epoch=epoch, protocol=cfg.protocol_name, labels=batch.y,
-                                  indices=batch.idx, dataset_size=data.num_train, num_classes=cfg.dataset.num_classes)
+                                  indices=batch.idx, dataset_size=data.num_train, num_classes=cfg.dataset.num_classes,
+                                  critic_impl=runtime["critic_impl"])
                 with autocast:
                     out = step_fn(x, batch.y, ctx)
                 keys = list(out.terms)
@@ -164,40 +176,87 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
         epochs.append(record)
 
     images = step * r.batch_size
-    return new_record(
-        cfg, seed, epochs, runtime=runtime, cost=cost,
+    record = new_record(
+        cfg, seed, epochs, system.classifiers(), runtime=runtime, cost=cost,
         timing={"wall_seconds": time.time() - started, "train_seconds": train_seconds, "steps": step,
                 "images_per_second": images / train_seconds, "steps_per_second": step / train_seconds},
+        teacher=teacher.summary() if teacher else None,
     )
+    return TrainedRun(record, system)
+
+
+class DataCache:
+    """Datasets opened once per (dataset, subsets, device) for a command that trains many configurations."""
+
+    def __init__(self, data_dir: str | None = None, download: bool = False):
+        self.data_dir, self.download = data_dir, download
+        self._open: dict = {}
+
+    def get(self, cfg: RunConfig, device: torch.device):
+        from discbench.data import open_dataset
+
+        key = (cfg.dataset, cfg.recipe.train_subset, cfg.recipe.test_subset, str(device))
+        if key not in self._open:
+            self._open[key] = open_dataset(cfg.dataset, cfg.recipe, device, self.data_dir, self.download)
+        return self._open[key]
 
 
 def run_seeds(cfg: RunConfig, seeds: Iterable[int], results_dir: Path, device: torch.device, force: bool = False,
-              data_dir: str | None = None, download: bool = False, progress: bool = True,
-              data_cache: dict | None = None) -> list[Path]:
+              progress: bool = True, data: DataCache | None = None, bench: Bench | None = None,
+              teachers: TeacherStore | None = None) -> list[Path]:
     """Train each seed of ``cfg`` whose record does not exist yet (all with ``force``) and write its record.
 
-    ``data_cache`` (keyed by dataset and subsets) lets a sweep load each dataset once.
+    A protocol that needs a teacher finds it in ``teachers`` (verified once, before the first seed) and the teacher's
+    identity becomes part of the configuration, so its hash names the teacher too. ``data`` lets a sweep open each
+    dataset once.
     """
-    from discbench.data import open_dataset
-
+    data = data or DataCache()
+    teacher = None
+    if PROTOCOLS.get(cfg.protocol_name).needs_teacher:
+        teachers = teachers or TeacherStore()
+        cfg = teachers.attach(bench or Bench.load(), cfg)
+        teacher = teachers.load(cfg, device)
     written = []
-    data = None
     for seed in seeds:
         existing = find_record(results_dir, cfg, seed)
         if existing and not force:
             print(f"skip {cfg.label} | {cfg.backbone} | seed {seed}: {existing} exists (--force reruns it)",
                   file=sys.stderr)
             continue
-        if data is None:
-            key = (cfg.dataset, cfg.recipe.train_subset, cfg.recipe.test_subset, str(device))
-            cache = data_cache if data_cache is not None else {}
-            if key not in cache:
-                cache[key] = open_dataset(cfg.dataset, cfg.recipe, device, data_dir, download)
-            data = cache[key]
-        record = train(cfg, seed, data, device, progress=progress)
+        record = train(cfg, seed, data.get(cfg, device), device, progress=progress, teacher=teacher).record
         path = existing if existing else record_path(results_dir, cfg, seed)
         write_record(path, record)
-        print(f"wrote {path}: top-1 " + " ".join(f"{k} {v:.2f}" for k, v in record["final_top1"].items()),
+        print(f"wrote {path}: top-1 " + " ".join(f"{k} {v:.2f}" for k, v in record.final_top1.items()),
               file=sys.stderr)
         written.append(path)
     return written
+
+
+def train_teachers(bench: Bench, backbone: str, dataset: str, budget: str, seeds: Iterable[int],
+                   teachers: TeacherStore, results_dir: Path, device: torch.device, force: bool = False,
+                   progress: bool = True, data: DataCache | None = None) -> list[dict]:
+    """Train a plain ``backbone`` per seed with the offline recipe of ``budget`` and store it as a teacher (its run
+    record is written too, as the ``none`` row it is). A seed already stored is kept unless ``force``."""
+    data = data or DataCache()
+    cfg = teacher_config(bench, backbone, dataset, budget)
+    stored = []
+    for seed in seeds:
+        teacher_id = f"{cfg.hash}-seed{seed}"
+        manifest = teachers.manifest(teacher_id)
+        if manifest is not None and not force:
+            print(f"skip teacher {backbone} | {dataset} | seed {seed}: {teachers.root / teacher_id} exists "
+                  f"(--force retrains it)", file=sys.stderr)
+            stored.append(manifest)
+            continue
+        run = train(cfg, seed, data.get(cfg, device), device, progress=progress)
+        write_record(find_record(results_dir, cfg, seed) or record_path(results_dir, cfg, seed), run.record)
+        top1 = run.record.last_top1("net")
+        ds = cfg.dataset
+        manifest = {"teacher_id": teacher_id, "backbone": backbone, "dataset": dataset, "num_classes": ds.num_classes,
+                    "in_channels": ds.channels, "image_size": ds.image_size, "budget": budget, "seed": seed,
+                    "top1": top1, "source": "trained", "config_hash": cfg.hash, "config": cfg.to_dict(),
+                    "provenance": run.record.provenance}
+        path = teachers.save(run.system.net, manifest, force=force)
+        print(f"stored teacher {backbone} | {dataset} | seed {seed}: top-1 {top1:.2f} in {path}", file=sys.stderr)
+        stored.append(teachers.manifest(teacher_id))
+    return stored

@@ -21,7 +21,7 @@ class DML(KD):
 
     Shape: source (B, K) logits of this network, target (B, K) logits of the peer -> scalar.
 
-    Choices where the paper is silent, after AberHu's ``train_dml.py`` (REFERENCES.md §2 "DML"): the KL is the
+    Choices where the paper is silent, after AberHu's ``train_dml.py`` (github.com/AberHu/Knowledge-Distillation-Zoo): the KL is the
     ``batchmean`` reduction, T = 1 and weight 1 (bench.toml ``beta = 1``). ``temperature`` is exposed for ablations;
     the divergence is KD's (``kd_divergence``, scaled by T^2, a no-op at the default T = 1): the
     plugin is ``kd`` with T = 1 and the peer as target.
@@ -36,6 +36,7 @@ class DML(KD):
     tap = Tap.LOGITS
     pairing = Pairing.LAST
     detaches_target = True
+    protocols = frozenset({"online"})  # mutual learning needs a peer; in one network it would be KD with T = 1
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec, temperature: float = 1.0):
         super().__init__(source, target, temperature=temperature)

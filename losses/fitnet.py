@@ -2,7 +2,7 @@
 
 Eq. 3 of the paper: L_HT = 1/2 || u_h(x) - r(v_g(x); W_r) ||^2, with u_h the teacher's hint layer, v_g the student's
 guided layer and r a convolutional regressor (§2.2) that brings the guided layer to the hint's shape. discbench follows
-RepDistiller (``distiller_zoo/FitNet.py``, ``models/util.py:ConvReg``; REFERENCES.md §2), which is what the
+RepDistiller (``distiller_zoo/FitNet.py``, ``models/util.py:ConvReg``), which is what the
 published FitNet numbers of the CRD paper were run with: a mean squared error (not the paper's 1/2 sum) to the
 detached hint, trained in one stage together with the task loss (not the paper's two-stage hint pre-training).
 """
@@ -79,8 +79,8 @@ class FitNet(Discrepancy):
     """FitNets' hint loss: mean((r(F_s) - F_t.detach())^2) with r the ``ConvRegressor`` (Romero et al. Eq. 3).
 
     Differences from BYOT's ``l2``: this loss compares whole maps (not pooled vectors) through an owned regressor,
-    and pairs a student's middle layer with the teacher's middle layer (``Pairing.SAME_STAGE``; the paper's hint is
-    the teacher's middle layer, RepDistiller's ``hint_layer = 2``).
+    and pairs a student's middle layer with the teacher's middle layer (``Pairing.HINT``, module T-1: the paper's
+    hint is the teacher's middle layer, RepDistiller's ``hint_layer = 2``, the second stage of a CIFAR network).
 
     Choices where the paper is silent or discbench departs from it (all RepDistiller's unless noted):
 
@@ -95,7 +95,7 @@ class FitNet(Discrepancy):
 
     name = "fitnet"
     tap = Tap.FEATURE
-    pairing = Pairing.SAME_STAGE
+    pairing = Pairing.HINT
     detaches_target = True
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec):

@@ -25,6 +25,7 @@ class L2(Discrepancy):
     name = "l2"
     tap = Tap.EXIT
     detaches_target = True
+    protocols = frozenset({"self"})  # exit bottlenecks exist only in self-distillation (FitNets is the two-net L2)
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec):
         super().__init__(source, target)

@@ -63,7 +63,7 @@ class MIMKD(Discrepancy):
         self.global_encoder = InfoMaxEncoder(target.channels, dim)
 
     def forward(self, source: Tensor, target: Tensor, ctx: LossContext) -> LossOutput:
-        local = local_codes(self.local_encoder, source)  # (B, H*W, D)
+        local = local_codes(self.local_encoder, source, ctx.critic_impl)  # (B, H*W, D)
         global_ = global_codes(self.global_encoder, target.detach())  # (B, D), scaled by 1/sqrt(D) like MUSE's
-        loss = nce_mi_loss(local, global_)
+        loss = nce_mi_loss(local, global_, ctx.critic_impl)
         return LossOutput(loss, {"mi_lower_bound": math.log(source.shape[0]) - loss.detach()})

@@ -32,9 +32,9 @@ ICLR 2019), whose global/local views §3.2 says MUSE follows:
 - Loss values are logged per module as ``mi@i`` and ``si@i`` (JSD losses: lower means more information).
 
 Memory: with the critic streamed (discbench.kernels), the local encoder's activations on all B*H*W locations
-dominate the loss's memory (four (B*H*W, D) tensors saved for backward). Unless ``DISCBENCH_IMPL=ref``, the local
-encoder saves only its input and recomputes its activations in row chunks during backward (``RecomputedInfoMax``)
-once they are big (B*H*W*D >= 2^22; smaller ones cost more time than they save memory);
+dominate the loss's memory (four (B*H*W, D) tensors saved for backward). Unless the critic implementation is
+``ref``, the local encoder saves only its input and recomputes its activations in row chunks during backward
+(``RecomputedInfoMax``) once they are big (B*H*W*D >= 2^22; smaller ones cost more time than they save memory);
 its forward runs the very same modules, so values and BatchNorm running statistics are bit-identical to the plain
 path, and gradients agree to float rounding (tests/test_muse_memory.py).
 """
@@ -60,9 +60,9 @@ RECOMPUTE_MIN_ELEMENTS = 1 << 22
 class InfoMaxEncoder(nn.Module):
     """DIM's 1x1-conv MI encoder as an MLP on vectors. Shape: (M, C) -> (M, D).
 
-    ``recompute``: in training, unless ``DISCBENCH_IMPL=ref``, keep only the input for backward and recompute the
-    activations there (``RecomputedInfoMax``) once they are big (``recomputes``); worth it for the local encoder,
-    whose M = B*H*W rows dominate memory.
+    ``recompute``: in training, unless the critic implementation is ``ref``, keep only the input for backward and
+    recompute the activations there (``RecomputedInfoMax``) once they are big (``recomputes``); worth it for the
+    local encoder, whose M = B*H*W rows dominate memory.
     """
 
     def __init__(self, in_features: int, dim: int, recompute: bool = False):
@@ -77,17 +77,18 @@ class InfoMaxEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.recompute = recompute
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.recomputes(x):
+    def forward(self, x: Tensor, impl: str | None = None) -> Tensor:
+        if self.recomputes(x, impl):
             return RecomputedInfoMax.apply(x, self, *self.weights())
         return self.norm(self.block(x) + self.shortcut(x))
 
-    def recomputes(self, x: Tensor) -> bool:
+    def recomputes(self, x: Tensor, impl: str | None = None) -> bool:
         """Whether this call recomputes in backward: a training step of an encoder built with ``recompute``, big
-        activations (M * D >= RECOMPUTE_MIN_ELEMENTS) and an implementation other than ``ref``."""
+        activations (M * D >= RECOMPUTE_MIN_ELEMENTS) and a critic implementation other than ``ref`` (``impl``, the
+        run's; None: ``select_impl``)."""
         return (self.recompute and self.training and torch.is_grad_enabled()
                 and x.shape[0] * self.norm.normalized_shape[0] >= RECOMPUTE_MIN_ELEMENTS
-                and select_impl(x.device) != "ref")
+                and (impl or select_impl(x.device)) != "ref")
 
     def weights(self) -> tuple[Tensor, ...]:
         """(W1, gamma, beta, W2, b2, W_shortcut, ln_weight, ln_bias): the order ``RecomputedInfoMax`` takes them."""
@@ -163,10 +164,10 @@ class RecomputedInfoMax(torch.autograd.Function):
         return d_x, None, d_w1, *sums[3:]
 
 
-def local_codes(encoder: InfoMaxEncoder, feature: Tensor) -> Tensor:
+def local_codes(encoder: InfoMaxEncoder, feature: Tensor, impl: str | None = None) -> Tensor:
     """The local view: every location of a map, encoded. Shape: (B, C, H, W) -> (B, H*W, D)."""
     b, _, h, w = feature.shape
-    return encoder(locations(feature)).view(b, h * w, -1)
+    return encoder(locations(feature), impl).view(b, h * w, -1)
 
 
 def global_codes(encoder: InfoMaxEncoder, feature: Tensor) -> Tensor:
@@ -195,12 +196,13 @@ class MUSE(Discrepancy):
         raise NotImplementedError
 
     def forward(self, source: Tensor, target: Tensor, ctx: LossContext) -> LossOutput:
-        local = local_codes(self.local_encoder, source)  # (B, N, D)
+        impl = ctx.critic_impl
+        local = local_codes(self.local_encoder, source, impl)  # (B, N, D)
         terms = {}
-        if self.uses_mi:
-            terms["mi"] = jsd_mi_loss(local, global_codes(self.mi_global_encoder, target))  # Eq. 5, (F_i, F_T)
-        if self.uses_si:
-            terms["si"] = jsd_mi_loss(local, global_codes(self.si_global_encoder, source))  # Eq. 5, (F_i, F_i)
+        if self.uses_mi:  # Eq. 5 on (F_i, F_T)
+            terms["mi"] = jsd_mi_loss(local, global_codes(self.mi_global_encoder, target), impl)
+        if self.uses_si:  # Eq. 5 on (F_i, F_i)
+            terms["si"] = jsd_mi_loss(local, global_codes(self.si_global_encoder, source), impl)
         loss = self.combine(terms.get("mi"), terms.get("si"))
         return LossOutput(loss, {k: v.detach() for k, v in terms.items()})
 

@@ -26,9 +26,9 @@ def test_cifar100_resnet18_mi_x_si(tmp_path, capsys, monkeypatch):
     rec = json.loads(path.read_text())
     assert rec["dataset"] == "cifar100" and rec["backbone"] == "resnet18"
     assert rec["timing"]["steps"] == 3  # 48 images at batch 16
-    assert set(rec["final_top1"]) == {"exit1", "exit2", "exit3", "exit4"}
+    assert set(rec["final_top1"]) == {"net/exit1", "net/exit2", "net/exit3", "net/exit4"}
     # 20 test images: every accuracy is a multiple of 5 %
     assert all(round(v / 5, 6).is_integer() for v in rec["final_top1"].values())
-    assert rec["cost"]["per_exit"]["exit4"]["params"] == rec["cost"]["backbone_params"]
+    assert rec["cost"]["per_exit"]["net/exit4"]["params"] == rec["cost"]["backbone_params"]
     assert round(rec["cost"]["backbone_params"] / 1e6, 1) == 11.2
     assert all(v == v for v in rec["final_train_terms"].values())  # finite means, no NaN

@@ -43,7 +43,7 @@ def test_run_skip_force_and_leaderboard(tmp_path, capsys, monkeypatch):
     assert len(paths) == 2
     rec = json.loads(paths[0].read_text())
     assert rec["loss"] == {"name": "mi_x_si", "version": 1} and rec["seed"] in (0, 1)
-    assert set(rec["final_top1"]) == {"exit1", "exit2", "exit3", "exit4"}
+    assert set(rec["final_top1"]) == {"net/exit1", "net/exit2", "net/exit3", "net/exit4"}
     assert {"mi@1", "si@3", "mi_x_si@2", "ce@4", "kd@1", "loss"} <= set(rec["final_train_terms"])
     assert rec["cost"]["loss_params"] > 0 and rec["runtime"]["critic_impl"] == "torch"
     assert rec["config"]["recipe"]["train_subset"] == 128 and rec["config_hash"] in paths[0].name

@@ -387,3 +387,22 @@ def test_crd_golden_by_hand():
             log_p, c = scores - log_z, math.log(k / (n - 1))
             total += (softplus(c - log_p[:, 0]) + softplus(log_p[:, 1:] - c).sum(dim=1)).mean().item()
         assert golden("crd")[case.name] == pytest.approx(total, rel=1e-5)
+
+
+def test_kdcl_golden_by_hand():
+    """KDCL-MinLogit (Guo et al. 2020): z_t[b, c] = min_k (z_k[b, c] - z_k[b, y_b]), then T^2 KL(p_t || p_self) at
+    T = 3, by loops over samples and classes."""
+    from discbench.contract import context, sample
+
+    temperature = LOSSES.get("kdcl").hparams()["temperature"]
+    for case in cases(LOSSES.get("kdcl")):
+        gen = torch.Generator().manual_seed(0)
+        s, t = sample(case.source, gen).double(), sample(case.target, gen).double()
+        labels = context(gen).labels.tolist()
+        total = 0.0
+        for b, y in enumerate(labels):
+            ensemble = [min(float(z[b, c] - z[b, y]) for z in (s, t)) for c in range(s.shape[1])]
+            log_pt = log_softmax_by_hand(torch.tensor([ensemble], dtype=torch.float64) / temperature)[0]
+            log_ps = log_softmax_by_hand(s[b:b + 1] / temperature)[0]
+            total += float((log_pt.exp() * (log_pt - log_ps)).sum())
+        assert golden("kdcl")[case.name] == pytest.approx(temperature**2 * total / len(labels), rel=1e-5)

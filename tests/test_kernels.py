@@ -154,8 +154,8 @@ def test_training_runs_agree_across_implementations(bench, monkeypatch):
         seen = steps.setdefault(impl, [])
         monkeypatch.setattr(train, "check_finite", lambda terms, values, step, epoch, seen=seen: (
             seen.append(values.clone()), check_finite(terms, values, step, epoch)))
-        record = train.train(cfg, 0, data, torch.device("cpu"), progress=False)
-        assert record["runtime"]["critic_impl"] == impl
+        record = train.train(cfg, 0, data, torch.device("cpu"), progress=False).record
+        assert record.runtime["critic_impl"] == impl
     assert len(steps["ref"]) == 4
     torch.testing.assert_close(steps["torch"][0], steps["ref"][0], rtol=1e-6, atol=0)
     torch.testing.assert_close(torch.stack(steps["torch"]), torch.stack(steps["ref"]), rtol=1e-4, atol=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from discbench.losses.kd import kd_divergence
+from discbench.functional import kd_divergence
 
 from discbench.api import FeatureSpec, LossContext
 from discbench.registry import LOSSES

@@ -6,17 +6,30 @@ import statistics
 
 import pytest
 
+from discbench.api import Classifier
 from discbench.errors import DiscbenchError
 from discbench.leaderboard import cell, render
+from discbench.results import RunRecord
 
 
-def record(label, seed, top1, loss="x", backbone="resnet18", hash_="h" * 16, budget="smoke"):
-    return {
-        "dataset": "cifar100", "budget": budget, "protocol": "self", "backbone": backbone, "label": label,
-        "config_hash": hash_, "seed": seed, "loss": {"name": loss, "version": 1},
-        "final_top1": {f"exit{i}": v for i, v in top1.items()}, "cost": {"loss_params": 1234},
-        "timing": {"images_per_second": 100.0, "steps_per_second": 2.0},
-    }
+def record(label, seed, top1, loss="x", backbone="resnet18", hash_="h" * 16, budget="smoke", baseline=None,
+           protocol="self", partner=None, networks=("net",), teacher_top1=None):
+    """A synthetic record; ``top1`` maps exit -> value (one network) or network -> value (last exits)."""
+    if networks == ("net",):
+        exits = sorted(top1)
+        classifiers = tuple(Classifier("net", backbone, i, i == exits[-1]) for i in exits)
+        final = {f"net/exit{i}": v for i, v in top1.items()}
+    else:
+        classifiers = tuple(Classifier(n, backbone, 4, True) for n in networks)
+        final = {f"{n}/exit4": top1[n] for n in networks}
+    return RunRecord(
+        run_id=f"{hash_}-seed{seed}", config_hash=hash_, request_hash=hash_, label=label, protocol=protocol,
+        dataset="cifar100", budget=budget, backbone=backbone, partner=partner, loss={"name": loss, "version": 1},
+        seed=seed, baseline=(loss == "") if baseline is None else baseline, classifiers=classifiers,
+        final_top1=final, best_top1={}, final_train_terms={}, epochs=[], cost={"loss_params": 1234},
+        timing={"images_per_second": 100.0, "steps_per_second": 2.0}, runtime={}, config={}, provenance={},
+        teacher={"top1": teacher_top1} if teacher_top1 is not None else None,
+    )
 
 
 def test_cell_is_mean_sample_std_and_n():
@@ -59,3 +72,32 @@ def test_budget_filter():
         render(recs, budget="x")
     with pytest.raises(DiscbenchError, match="no run records found"):
         render([])
+
+
+def test_baseline_column_comes_from_the_record_not_from_the_exit_count():
+    """A one-exit run with a loss (e.g. exits switched off, a feature term kept) is a row, not the Baseline."""
+    recs = [record("none", s, {4: 70.0 + s}, loss="") for s in range(2)]
+    recs += [record("one-exit mi", s, {4: 90.0}, loss="mi", hash_="d" * 16) for s in range(2)]
+    text = render(recs)
+    assert "70.50 ± 0.71 (n=2)" in text.split("### Per module")[1].split("### Last")[0]
+    assert "90.00" not in next(line for line in text.splitlines() if "| none" in line)
+
+
+def test_online_pairs_identical_are_averaged_per_seed_different_are_side_by_side():
+    same = [record("mi_plus_si", s, {"net1": 70.0 + s, "net2": 72.0 + s}, loss="mi_plus_si", backbone="resnet20",
+                   partner="resnet20", protocol="online", networks=("net1", "net2")) for s in range(3)]
+    diff = [record("mi_plus_si", s, {"net1": 70.0, "net2": 75.0 + s}, loss="mi_plus_si", backbone="resnet20",
+                   partner="resnet56", protocol="online", networks=("net1", "net2"), hash_="e" * 16)
+            for s in range(3)]
+    text = render(same + diff)
+    assert "resnet20 / resnet20 ↑" in text and "resnet20 / resnet56 ↑" in text
+    row = next(line for line in text.splitlines() if line.startswith("| mi_plus_si"))
+    assert "72.00 ± 1.00 (n=3)" in row  # per-seed means 71, 72, 73
+    assert "70.00 ± 0.00 (n=3) / **76.00 ± 1.00 (n=3)**" in row or "70.00 ± 0.00 (n=3) / 76.00 ± 1.00 (n=3)" in row
+
+
+def test_offline_columns_name_teacher_and_its_accuracy():
+    recs = [record("KD", s, {"student": 70.0 + s}, loss="", baseline=False, backbone="resnet20", partner="resnet56",
+                   protocol="offline", networks=("student",), teacher_top1=72.34) for s in range(3)]
+    text = render(recs)
+    assert "resnet56 (72.34) → resnet20 ↑" in text and "71.00 ± 1.00 (n=3)" in text

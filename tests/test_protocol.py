@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from discbench.losses.kd import kd_divergence
+from discbench.functional import kd_divergence
 
 from discbench.api import LossContext
 from discbench.errors import DiscbenchError
@@ -83,7 +83,7 @@ def test_plain_network_has_one_exit(bench):
     y = torch.randint(0, 10, (4,))
     out = system(torch.randn(4, 1, 28, 28), y, ctx(y))
     assert set(out.terms) == {"ce@4"} and torch.equal(out.total, out.terms["ce@4"])
-    assert list(system.predict(torch.randn(2, 1, 28, 28))) == ["exit4"]
+    assert list(system.predict(torch.randn(2, 1, 28, 28))) == ["net/exit4"]
 
 
 def test_exit_taps_need_exits(bench):
@@ -106,12 +106,12 @@ def test_cost_report(bench):
     cost = system.cost((1, 28, 28))
     assert cost["loss_params"] == sum(p.numel() for p in system.discrepancies.parameters())
     per = cost["per_exit"]
-    assert list(per) == ["exit1", "exit2", "exit3", "exit4"]
-    assert per["exit4"]["params"] == cost["backbone_params"]
-    assert 0 < per["exit1"]["flops"] < per["exit4"]["flops"]
+    assert list(per) == ["net/exit1", "net/exit2", "net/exit3", "net/exit4"]
+    assert per["net/exit4"]["params"] == cost["backbone_params"]
+    assert 0 < per["net/exit1"]["flops"] < per["net/exit4"]["flops"]
     # exit 4's path is the plain network: its FLOPs equal the backbone's forward FLOPs
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
         system.net(torch.zeros(1, 1, 28, 28))
-    assert per["exit4"]["flops"] == counter.get_total_flops()
+    assert per["net/exit4"]["flops"] == counter.get_total_flops()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from discbench.config import Bench
-from discbench.protocols import SelfDistillation
+from discbench.protocols.self_distillation import SelfDistillation
 from discbench.registry import LOSSES
 from tests.conftest import REPO
 
@@ -14,7 +14,7 @@ BENCH = Bench.load(REPO / "bench.toml")
 PAPER_SUITES = ("table5", "table6")
 SUITES = (*PAPER_SUITES, *(f"{name}-smoke" for name in PAPER_SUITES))
 
-# Row names of the paper (shared/papers/muse-paper.md, Tables 5 and 6), in its order.
+# Row names of the paper (MUSE, Tables 5 and 6), in its order.
 TABLE5 = ["Baseline", "CE", "CE + KD", "L2", "L2 + CE", "L2 + CE + KD", "MI", "SI", "MI + CE", "MI + CE + KD",
           "(MI+SI)", "(MI×SI)", "(MI+SI) + CE", "(MI×SI) + CE", "(MI+SI) + CE + KD", "(MI×SI) + CE + KD"]
 TABLE6 = ["Baseline", "L2", "MMD", "adversarial", "VID", "MI+SI", "MI×SI"]

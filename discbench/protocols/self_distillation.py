@@ -1,47 +1,33 @@
-"""Distillation protocols: what a run builds and which terms it sums. One training loop (discbench.train) runs them all.
-
-A protocol is an ``nn.Module`` built from a ``RunConfig``. It owns the network(s), the exits and one discrepancy
-plugin per (source, target) pair, so ``protocol.parameters()`` is everything the optimizer trains: plugin heads are
-trained because they are submodules, never because a plugin registered them. It implements
-
-- ``forward(x, y, ctx) -> StepOutput``: the weighted total and the unweighted terms, named ``<term>@<module>``;
-- ``predict(x) -> {exit name: logits}``: every classifier evaluated at test time;
-- ``cost(image_shape) -> dict``: parameters and FLOPs per exit, extra parameters of the losses.
-"""
+"""Self-distillation: one network with exits after modules 1..T-1 (MUSE Fig. 1 and §4.1; BYOT)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from discbench.api import Backbone, Discrepancy, FeatureSpec, LossContext, Tap, classifier_head, count_parameters
-from discbench.config import RunConfig
+from discbench.api import (
+    Backbone,
+    Classifier,
+    FeatureSpec,
+    LossContext,
+    Protocol,
+    StepOutput,
+    Tap,
+    classifier_head,
+    count_parameters,
+)
 from discbench.errors import DiscbenchError
-from discbench.losses.kd import kd_divergence
-from discbench.registry import BACKBONES, LOSSES, PROTOCOLS
+from discbench.functional import kd_divergence
+from discbench.protocols.base import build_backbone, build_discrepancy, classifier_costs
+from discbench.registry import LOSSES, PROTOCOLS
 
-
-@dataclass
-class StepOutput:
-    """The weighted total of a step and its unweighted terms (detached scalars), e.g. ``{"ce@1": ..., "mi@1": ...}``."""
-
-    total: Tensor
-    terms: dict[str, Tensor]
-
-
-def build_backbone(cfg: RunConfig) -> Backbone:
-    ds = cfg.dataset
-    return BACKBONES.get(cfg.backbone)(in_channels=ds.channels, num_classes=ds.num_classes, image_size=ds.image_size)
-
-
-def build_discrepancy(cfg: RunConfig, source: FeatureSpec, target: FeatureSpec) -> Discrepancy:
-    return LOSSES.get(cfg.loss.name)(source, target, **cfg.loss.hparams)
+if TYPE_CHECKING:
+    from discbench.config import RunConfig
 
 
 class ExitBranch(nn.Module):
@@ -55,7 +41,7 @@ class ExitBranch(nn.Module):
     def __init__(self, source: FeatureSpec, target: FeatureSpec, num_classes: int):
         super().__init__()
         mid = max(target.channels // 4, 1)
-        self.stride = max(target.reduction // source.reduction, 1)
+        self.stride = max(target.reduction // max(source.reduction, 1), 1)
         self.bottleneck = nn.Sequential(
             nn.Conv2d(source.channels, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
             nn.Conv2d(mid, mid, self.stride, stride=self.stride, bias=False), nn.BatchNorm2d(mid),
@@ -71,8 +57,19 @@ class ExitBranch(nn.Module):
         return feature, self.classifier(feature)
 
 
+class ExitClassifier(nn.Module):
+    """An exit's inference path from F_i: its bottleneck and classifier (for cost counting)."""
+
+    def __init__(self, branch: ExitBranch):
+        super().__init__()
+        self.branch = branch
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.branch(x)[1]
+
+
 @PROTOCOLS.register()
-class SelfDistillation(nn.Module):
+class SelfDistillation(Protocol):
     """Self-distillation with exits after modules 1..T-1 (MUSE Fig. 1 and §4.1; BYOT).
 
     loss = sum_{i<=T} w_i CE(exit_i, y) + kd_weight * sum_{i<T} KD(exit_i || exit_T) + beta * sum_{i<T} D(src_i, tgt)
@@ -80,7 +77,8 @@ class SelfDistillation(nn.Module):
     with w_T = 1, w_i = ``exit_ce_weight`` for i < T, KD at ``kd_temperature`` scaled by T^2 with the last exit
     detached (BYOT), and D the discrepancy plugin on the tap it declares: F_i -> F_T (``Tap.FEATURE``), exit
     bottleneck output -> F_T (``Tap.EXIT``) or exit logits -> last logits (``Tap.LOGITS``). With ``exits = false``
-    it is the plain network with its one classifier (the papers' "Baseline").
+    it is the plain network with its one classifier (the papers' "Baseline"). The plugin's ``pairing`` is not used:
+    one network always pairs module i with module T.
     """
 
     name: ClassVar[str] = "self"
@@ -92,7 +90,11 @@ class SelfDistillation(nn.Module):
         kd_weight: float
         kd_temperature: float
 
-    def __init__(self, cfg: RunConfig):
+    @classmethod
+    def is_baseline(cls, cfg: RunConfig) -> bool:
+        return not cfg.protocol.exits and not cfg.loss.name
+
+    def __init__(self, cfg: RunConfig, teacher: Backbone | None = None):
         super().__init__()
         p = cfg.protocol
         self.cfg = cfg
@@ -117,8 +119,10 @@ class SelfDistillation(nn.Module):
     def num_modules(self) -> int:
         return len(self.net.feature_specs)
 
-    def exit_names(self) -> list[str]:
-        return [f"exit{i + 1}" for i in range(len(self.exits))] + [f"exit{self.num_modules}"]
+    def classifiers(self) -> list[Classifier]:
+        t = self.num_modules
+        exits = [*range(1, len(self.exits) + 1), t]
+        return [Classifier(network="net", backbone=self.cfg.backbone, exit=i, last=i == t) for i in exits]
 
     def forward(self, x: Tensor, y: Tensor, ctx: LossContext) -> StepOutput:
         p = self.cfg.protocol
@@ -154,44 +158,21 @@ class SelfDistillation(nn.Module):
     @torch.no_grad()
     def predict(self, x: Tensor) -> dict[str, Tensor]:
         logits, features = self.net(x)
-        out = {f"exit{i}": branch(f)[1] for i, (branch, f) in enumerate(zip(self.exits, features, strict=False), 1)}
-        out[f"exit{self.num_modules}"] = logits
+        out = {f"net/exit{i}": branch(f)[1] for i, (branch, f) in enumerate(zip(self.exits, features, strict=False),
+                                                                            1)}
+        out[f"net/exit{self.num_modules}"] = logits
         return out
 
-    @torch.no_grad()
     def cost(self, image_shape: tuple[int, ...]) -> dict:
         """Parameters and forward FLOPs (one image) of each exit's inference path, and the losses' extra parameters.
 
         The path of exit i is modules 1..i and exit i's branch (exit T: all modules and the network's head).
         """
-        was_training = self.training
-        self.eval()
-        x = torch.zeros(1, *image_shape, device=next(self.parameters()).device)
-        stage_flops, features = [], []
-        for stage in self.net.stages:
-            flops, x = _counted(stage, x)
-            stage_flops.append(flops)
-            features.append(x)
-        heads = {i: branch for i, branch in enumerate(self.exits, start=1)}
+        heads: dict[int, nn.Module] = {i: ExitClassifier(b) for i, b in enumerate(self.exits, start=1)}
         heads[self.num_modules] = self.net.head
-        per_exit = {}
-        for i, head in heads.items():
-            head_flops, _ = _counted(head, features[i - 1])
-            per_exit[f"exit{i}"] = {
-                "params": sum(count_parameters(s) for s in self.net.stages[:i]) + count_parameters(head),
-                "flops": sum(stage_flops[:i]) + head_flops,
-            }
-        self.train(was_training)
         return {
             "backbone_params": count_parameters(self.net),
             "exit_params": count_parameters(self.exits),
             "loss_params": count_parameters(self.discrepancies),
-            "per_exit": per_exit,
+            "per_exit": classifier_costs(self.net, heads, self.classifiers(), image_shape),
         }
-
-
-def _counted(module: nn.Module, x: Tensor) -> tuple[int, Tensor]:
-    """FLOPs of ``module(x)`` (``FlopCounterMode``: 2 per multiply-add) and its output."""
-    with FlopCounterMode(display=False) as counter:
-        out = module(x)
-    return counter.get_total_flops(), out

@@ -1,0 +1,110 @@
+"""Offline distillation: a student taught by a frozen pretrained teacher (RepDistiller; MUSE Table 7(b))."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from discbench.api import Backbone, Classifier, LossContext, Protocol, StepOutput, count_parameters
+from discbench.errors import DiscbenchError
+from discbench.functional import kd_divergence
+from discbench.protocols.base import (
+    PairedDiscrepancies,
+    build_backbone,
+    classifier_costs,
+    frozen,
+    network_classifier,
+)
+from discbench.registry import PROTOCOLS
+
+if TYPE_CHECKING:
+    from discbench.config import RunConfig
+
+
+@PROTOCOLS.register()
+class OfflineDistillation(Protocol):
+    """A student (the run's backbone) trained against a frozen teacher from the teacher store (``discbench.teachers``):
+
+    loss = ce_weight * CE(z_s, y) + kd_weight * KD(z_s || z_t) + beta * sum_{(i, j) in pairs} D(F_i^s, F_j^t)
+
+    RepDistiller's convention (``train_student.py``: ``-r`` gamma, ``-a`` alpha, ``-b`` beta): ``ce_weight`` = -r,
+    ``kd_weight`` = -a, beta = -b, KD at T = 4. The pairs follow the plugin's pairing (MUSE: every intermediate
+    student module with the teacher's last feature, §4 "Extension to Offline / Online Distillation"; FitNets: the hint
+    module; VID: every stage; CRD: the last). The teacher is frozen: eval mode whatever ``train()`` is asked (its
+    BatchNorm statistics never move, as in mdistiller's ``Distiller.train``), no parameter requires grad, and its
+    forward runs under ``torch.no_grad()``. (Not ``torch.inference_mode()``: its tensors cannot be saved for backward,
+    and trainable heads that read the teacher's features, such as CRD's teacher embedding, must save them.) A run
+    without KD and without a loss (the "Baseline" row) never runs the teacher.
+    """
+
+    name: ClassVar[str] = "offline"
+    partner: ClassVar[str | None] = "teacher"
+    needs_teacher: ClassVar[bool] = True
+
+    @dataclass(frozen=True)
+    class Config:
+        ce_weight: float
+        kd_weight: float
+        kd_temperature: float
+        teacher: str = ""  # teacher backbone (discbench teacher list)
+        teacher_seed: int = 0
+        teacher_budget: str = ""  # the recipe the teacher was trained with; "" = the student's budget
+
+    @classmethod
+    def is_baseline(cls, cfg: RunConfig) -> bool:
+        return not cfg.loss.name and cfg.protocol.kd_weight == 0
+
+    def __init__(self, cfg: RunConfig, teacher: Backbone | None = None):
+        super().__init__()
+        if teacher is None:
+            raise DiscbenchError("protocol 'offline' needs a teacher network (discbench.teachers.load_teacher)")
+        self.cfg = cfg
+        self.student = build_backbone(cfg)
+        self.teacher = frozen(teacher)
+        self.beta = cfg.loss.beta
+        self.uses_teacher = bool(cfg.loss.name) or cfg.protocol.kd_weight != 0
+        self.discrepancies = (PairedDiscrepancies(cfg, self.student.feature_specs, teacher.feature_specs,
+                                                  cfg.dataset.num_classes) if cfg.loss.name else None)
+
+    def train(self, mode: bool = True) -> OfflineDistillation:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def classifiers(self) -> list[Classifier]:
+        return [network_classifier(self.student, "student", self.cfg.backbone)]
+
+    def forward(self, x: Tensor, y: Tensor, ctx: LossContext) -> StepOutput:
+        p = self.cfg.protocol
+        student = self.student(x)
+        terms = {"ce@student": F.cross_entropy(student[0], y)}
+        total = p.ce_weight * terms["ce@student"]
+        if self.uses_teacher:
+            with torch.no_grad():
+                teacher = self.teacher(x)
+            if p.kd_weight:
+                terms["kd@student"] = kd_divergence(student[0], teacher[0], p.kd_temperature)
+                total = total + p.kd_weight * terms["kd@student"]
+            if self.discrepancies is not None:
+                loss, pair_terms = self.discrepancies(student, teacher, ctx, "student")
+                total = total + self.beta * loss
+                terms.update(pair_terms)
+        return StepOutput(total, {k: v.detach() for k, v in terms.items()})
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> dict[str, Tensor]:
+        return {self.classifiers()[0].key: self.student(x)[0]}
+
+    def cost(self, image_shape: tuple[int, ...]) -> dict:
+        c = self.classifiers()[0]
+        return {
+            "backbone_params": count_parameters(self.student),
+            "teacher_params": sum(p.numel() for p in self.teacher.parameters()),
+            "exit_params": 0,
+            "loss_params": count_parameters(self.discrepancies) if self.discrepancies is not None else 0,
+            "per_exit": classifier_costs(self.student, {c.exit: self.student.head}, [c], image_shape),
+        }
