@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from discbench.api import Backbone
-from discbench.config import Bench, RunConfig, TeacherRef
+from discbench.config import Bench, RunConfig, TeacherRef, default_bench_path
 from discbench.errors import DiscbenchError
 from discbench.registry import BACKBONES
 
@@ -117,10 +117,11 @@ class TeacherStore:
         tcfg = teacher_config(bench, p.teacher, cfg.dataset.name, budget)
         manifest = self.manifest(f"{tcfg.hash}-seed{p.teacher_seed}")
         if manifest is None:
-            store = "" if self.root == default_store() else f" --teacher-store {self.root}"
+            extra = "" if bench.path.resolve() == default_bench_path().resolve() else f" --config {bench.path}"
+            extra += "" if self.root == default_store() else f" --teacher-store {self.root}"
             raise DiscbenchError(f"no stored {where} in {self.root}; train it with 'discbench train-teacher "
                                  f"--backbone {p.teacher} --dataset {cfg.dataset.name} --budget {budget} --seed "
-                                 f"{p.teacher_seed}{store}'")
+                                 f"{p.teacher_seed}{extra}'")
         return manifest
 
     def attach(self, bench: Bench, cfg: RunConfig) -> RunConfig:

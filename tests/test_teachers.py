@@ -1,0 +1,170 @@
+"""Teachers end to end: train-teacher into the store, offline students that name it, and every way a stored or
+imported teacher can be wrong (tampered, truncated, another dataset, not a state dict, a pickle with code)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from discbench.errors import DiscbenchError
+from discbench.teachers import load_checkpoint
+from tests.conftest import REPO, requires_fashion_mnist
+from tests.test_cli import discbench, records
+
+TINY_RECIPE = """
+[recipes.tiny]
+epochs = 1
+batch_size = 32
+lr = 0.05
+momentum = 0.9
+nesterov = false
+weight_decay = 5e-4
+milestones = []
+gamma = 0.1
+train_subset = 128
+test_subset = 64
+eval_every = 1
+eval_batch_size = 64
+
+[suites.offline-tiny]
+protocol = "offline"
+datasets = ["fashion-mnist"]
+backbones = ["smallnet_half"]
+partners = ["smallnet"]
+seeds = 1
+budget = "tiny"
+rows = [{ loss = "none", label = "Baseline" }, { loss = "mi_x_si", label = "MI×SI" }]
+"""
+
+
+def one_error_line(err: str) -> bool:
+    """The command's failure is one line, the last it printed (a run prints its configuration line first)."""
+    lines = err.strip().splitlines()
+    return lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A bench.toml with a tiny recipe and an offline suite, and an empty teacher store, both under tmp_path."""
+    config = tmp_path / "bench.toml"
+    config.write_text((REPO / "bench.toml").read_text() + TINY_RECIPE)
+    monkeypatch.setenv("DISCBENCH_TEACHERS", str(tmp_path / "teachers"))
+    return {"config": str(config), "store": tmp_path / "teachers", "runs": tmp_path / "runs"}
+
+
+def offline_run(capsys, monkeypatch, env, loss="crd", *extra):
+    return discbench(capsys, monkeypatch, "run", "--protocol", "offline", "--loss", loss, "--backbone",
+                     "smallnet_half", "--teacher", "smallnet", "--budget", "tiny", "--seeds", "1", "--quiet",
+                     "--config", env["config"], "--results-dir", str(env["runs"]), *extra)
+
+
+def train_teacher(capsys, monkeypatch, env):
+    status, _, err = discbench(capsys, monkeypatch, "train-teacher", "--backbone", "smallnet", "--budget", "tiny",
+                               "--quiet", "--config", env["config"], "--results-dir", str(env["runs"]))
+    assert status == 0, err
+    (teacher_dir,) = [p for p in env["store"].iterdir() if not p.name.startswith(".")]
+    return teacher_dir
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_train_teacher_then_offline_student(env, capsys, monkeypatch):
+    status, _, err = offline_run(capsys, monkeypatch, env)
+    assert status == 2 and not env["runs"].exists()
+    assert ("no stored teacher 'smallnet' (seed 0, budget 'tiny') for fashion-mnist" in err
+            and "train it with 'discbench train-teacher --backbone smallnet --dataset fashion-mnist --budget tiny "
+                f"--seed 0 --config {env['config']}'" in err and one_error_line(err))
+
+    teacher_dir = train_teacher(capsys, monkeypatch, env)
+    manifest = json.loads((teacher_dir / "manifest.json").read_text())
+    assert manifest["backbone"] == "smallnet" and manifest["dataset"] == "fashion-mnist" and manifest["seed"] == 0
+    assert manifest["config"]["recipe"]["train_subset"] == 128 and manifest["source"] == "trained"
+    assert teacher_dir.name == f"{manifest['config_hash']}-seed0"
+    state = torch.load(teacher_dir / "weights.pt", weights_only=True)
+    assert "head.2.weight" in state  # the backbone's own state dict
+    status, out, _ = discbench(capsys, monkeypatch, "teacher", "list")
+    assert status == 0 and manifest["teacher_id"] in out and manifest["sha256"][:16] in out
+
+    status, _, err = offline_run(capsys, monkeypatch, env)
+    assert status == 0, err
+    (path,) = [p for p in records(env["runs"]) if "/offline/" in str(p)]
+    rec = json.loads(path.read_text())
+    assert rec["schema"] == 2 and rec["partner"] == "smallnet" and rec["baseline"] is False
+    assert rec["teacher"]["teacher_id"] == manifest["teacher_id"] and rec["teacher"]["sha256"] == manifest["sha256"]
+    assert rec["teacher"]["top1"] == manifest["top1"] and rec["teacher"]["store"] == str(env["store"])
+    assert rec["config"]["teacher"]["teacher_id"] == manifest["teacher_id"]  # the teacher is part of the hash
+    assert [c["network"] for c in rec["classifiers"]] == ["student"] and "student/exit4" in rec["final_top1"]
+    assert {"ce@student", "kd@student", "crd@student.4"} <= set(rec["final_train_terms"])
+
+    status, out, _ = discbench(capsys, monkeypatch, "leaderboard", "--results-dir", str(env["runs"]), "--out",
+                               str(env["runs"].parent / "LB.md"))
+    assert status == 0 and f"smallnet ({manifest['top1']:.2f}) → smallnet_half" in out
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "another dataset", "remove"])
+def test_a_damaged_teacher_is_refused(env, capsys, monkeypatch, damage):
+    teacher_dir = train_teacher(capsys, monkeypatch, env)
+    weights, manifest_path = teacher_dir / "weights.pt", teacher_dir / "manifest.json"
+    blob = bytearray(weights.read_bytes())
+    if damage == "flip a byte":
+        blob[len(blob) // 2] ^= 0xFF
+        weights.write_bytes(bytes(blob))
+    elif damage == "truncate":
+        weights.write_bytes(bytes(blob[: len(blob) // 3]))
+    elif damage == "another dataset":
+        manifest = json.loads(manifest_path.read_text())
+        manifest_path.write_text(json.dumps({**manifest, "dataset": "cifar10"}))
+    else:
+        weights.unlink()
+    status, _, err = offline_run(capsys, monkeypatch, env)
+    expected = {"flip a byte": "the file was changed or truncated", "truncate": "the file was changed or truncated",
+                "another dataset": "was trained for dataset = 'cifar10', not 'fashion-mnist'",
+                "remove": "weights.pt is missing"}[damage]
+    assert status == 2 and expected in err and one_error_line(err)
+    assert not (env["runs"] / "fashion-mnist" / "tiny" / "offline").exists()  # no record
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_offline_sweep_trains_its_missing_teacher(env, capsys, monkeypatch):
+    status, out, err = discbench(capsys, monkeypatch, "sweep", "--suite", "offline-tiny", "--quiet", "--config",
+                                 env["config"], "--results-dir", str(env["runs"]))
+    assert status == 0, err
+    assert "stored teacher smallnet" in err and "MI×SI" in out and "→ smallnet_half" in out
+    assert len([p for p in env["store"].iterdir() if not p.name.startswith(".")]) == 1
+
+
+class RunsCode:
+    """A pickle payload that would create a file when unpickled by a full ``pickle.load``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickle_with_code_is_refused_and_never_executed(tmp_path, env, capsys, monkeypatch):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    with open(evil, "wb") as f:
+        pickle.dump({"model": RunsCode(marker)}, f)
+    with pytest.raises(DiscbenchError, match="not a loadable state dict"):
+        load_checkpoint(evil)
+    status, _, err = discbench(capsys, monkeypatch, "teacher", "import", str(evil), "--backbone", "resnet20",
+                               "--config", env["config"])
+    assert status == 2 and "weights_only=True refused it" in err and one_error_line(err)
+    assert not marker.exists() and not env["store"].exists()
+
+
+def test_a_checkpoint_that_is_not_a_state_dict(tmp_path, env, capsys, monkeypatch):
+    path = tmp_path / "list.pth"
+    torch.save([torch.zeros(2)], path)
+    status, _, err = discbench(capsys, monkeypatch, "teacher", "import", str(path), "--backbone", "resnet20",
+                               "--config", env["config"])
+    assert status == 2 and "does not hold a state dict" in err and not env["store"].exists()
