@@ -1,3 +1,3 @@
 """Built-in backbones (installed as ``discbench.backbones``); importing this package registers them."""
 
-from discbench.backbones import resnet, smallnet  # noqa: F401
+from discbench.backbones import cifar, resnet, smallnet  # noqa: F401
