@@ -7,7 +7,8 @@ The game is the GAN minimax of Goodfellow et al. (NIPS 2014, Eq. 1),
 whose optimal discriminator turns the generator's objective into 2 JSD(p_target || p_G) - log 4 (their Theorem 1):
 this is the Jensen-Shannon matching that MUSE (§4.3, Table 6 "adversarial") contrasts with L2. Here the "real"
 samples are target features, the "fakes" are source features, and the generator is the network that produces the
-source (plus an owned projection). As DESIGN.md asks, one optimizer trains both players: the discriminator minimises
+source (plus an owned projection). As discbench's single-optimizer contract requires, one optimizer trains both
+players: the discriminator minimises
 its binary cross-entropy L_D = -V, and a gradient-reversal layer (Ganin and Lempitsky, "Unsupervised Domain
 Adaptation by Backpropagation", ICML 2015, §3.2: identity forward, gradient times -lambda backward) sits between the
 generator and the discriminator, so that the same backward pass makes the source *ascend* L_D.

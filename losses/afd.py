@@ -38,7 +38,7 @@ class AFD(Discrepancy):
     """Feature-map adversarial distillation for one network of an online pair: its discriminator and its generator
     loss, trained by one optimizer and one backward.
 
-    Paper (Chung et al. 2020, §3; equations as collected in REFERENCES.md §2 "AFD"): network k has a discriminator
+    Paper (Chung et al. 2020, §3; ICML 2020, PMLR 119): network k has a discriminator
     D_k on its last feature map, behind a transfer layer T_k. With G_k(x) the map of network k and the peer j:
 
         L_D = [1 - D_k(T_j(G_j(x)))]^2 + [D_k(T_k(G_k(x)))]^2       (the peer's map is "real", the own map "fake")
@@ -70,8 +70,8 @@ class AFD(Discrepancy):
       channel counts agree (same-architecture pairs, the paper's main setting). The peer's own transfer layer T_j of
       the equations belongs to the peer's plugin in discbench, so the peer's map enters D_k as it is.
     - Discriminator: ``FeatureMapDiscriminator`` with ``hidden`` = 64 channels, raw (unsquashed) output as LSGAN
-      prescribes. The paper's exact architecture could not be checked here (REFERENCES.md says to take it from the
-      paper); this one is small next to the networks and sees 3x3 spatial structure as a feature-map critic should.
+      prescribes. The paper's exact discriminator architecture is not reproduced (no public code); this one is small
+      next to the networks and sees 3x3 spatial structure as a feature-map critic should.
     - Update scheme: the paper alternates a logit-loss update with an adversarial update at a smaller learning
       rate; here both terms share one step and the protocol's beta scales L_D + L_G (hence both the generator's
       pull and the discriminator's effective learning rate). A raw LSGAN critic under SGD at lr 0.05 needs that

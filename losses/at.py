@@ -28,7 +28,8 @@ class AT(Discrepancy):
 
     The paper's Eq. 2 adds beta/2 sum_j || Q_S^j / ||Q_S^j||_2 - Q_T^j / ||Q_T^j||_2 ||_p over the paired layers j,
     with attention maps F^p_sum (§3.1) and p = 2. discbench follows RepDistiller's ``distiller_zoo/AT.py``
-    (REFERENCES.md §2), with which the published AT numbers were run and whose weight beta = 1000 bench.toml uses:
+    (github.com/HobbitLong/RepDistiller), with which the published AT numbers were run and whose weight beta = 1000
+    bench.toml uses:
     the *mean of squared* differences over B x H*W instead of the (unsquared) norm per sample.
 
     Choices where the paper is silent:

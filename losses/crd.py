@@ -50,7 +50,7 @@ class CRD(Discrepancy):
     L_critic(h) = E_{congruent}[log h] + K E_{incongruent}[log(1 - h)] and the critic h(T, S) =
     e^{g_T(T)' g_S(S) / tau} / (e^{g_T(T)' g_S(S) / tau} + K/N) (K negatives, N = data-set size); §3.4, the memory
     buffer and the linear embeddings. Implemented as RepDistiller does (``crd/criterion.py``, ``crd/memory.py``;
-    REFERENCES.md §2 "CRD"), which normalises e^{s/tau} by an estimated Z instead of assuming Z = 1:
+    github.com/HobbitLong/RepDistiller), which normalises e^{s/tau} by an estimated Z instead of assuming Z = 1:
 
     - v_s = g_s(pool(source)), v_t = g_t(pool(target).detach()): trainable ``Embed`` heads (Linear to ``dim`` = 128,
       then L2 normalisation), one per side. The target feature is detached (offline: a frozen teacher); its

@@ -21,7 +21,8 @@ class DML(KD):
 
     Shape: source (B, K) logits of this network, target (B, K) logits of the peer -> scalar.
 
-    Choices where the paper is silent, after AberHu's ``train_dml.py`` (github.com/AberHu/Knowledge-Distillation-Zoo): the KL is the
+    Choices where the paper is silent, after AberHu's ``train_dml.py``
+    (github.com/AberHu/Knowledge-Distillation-Zoo): the KL is the
     ``batchmean`` reduction, T = 1 and weight 1 (bench.toml ``beta = 1``). ``temperature`` is exposed for ablations;
     the divergence is KD's (``kd_divergence``, scaled by T^2, a no-op at the default T = 1): the
     plugin is ``kd`` with T = 1 and the peer as target.

@@ -17,7 +17,8 @@ from discbench.registry import LOSSES
 class MIMKD(Discrepancy):
     """InfoNCE between every location of a student feature map and the teacher's global feature (MIMKD).
 
-    The abstract (shared/papers/mimkd-abstract.md) is all that is public: a *contrastive* objective that estimates
+    The abstract (Rashid et al., "MIMKD: Mutual Information Maximization for Knowledge Distillation") is all that is
+    public: a *contrastive* objective that estimates
     and maximises a *lower bound* on the MI between the student's intermediate (local) features and the teacher's
     global feature, for arbitrary architectures. No public code or equations exist; this first implementation
     derives the rest from Deep InfoMax (Hjelm et al., ICLR 2019, §3.1-3.2: the local objective, Eq. 6 with the

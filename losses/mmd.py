@@ -11,7 +11,7 @@ the biased (V-statistic) estimate that NST and RepDistiller (``distiller_zoo/NST
 pieces: kernels are small functions on batched row sets, ``mmd2`` takes any of them, so that closed forms (a linear
 kernel gives the squared distance of the means) can be tested.
 
-Section and equation numbers follow arXiv:1707.01219; the paper text is not in shared/, so they were written from the
+Section and equation numbers follow arXiv:1707.01219; they were written from the
 published formulas and RepDistiller's code, not re-checked against the PDF.
 """
 
@@ -123,7 +123,8 @@ class MMD(KernelMMD):
     """Neuron selectivity transfer: ``KernelMMD`` with the polynomial kernel k(a, b) = (a . b + c)^d, d = 2, c = 0.
 
     Huang and Wang §3.3 and §4 (their best kernel in the CIFAR experiments is the polynomial one with d = 2, c = 0),
-    as RepDistiller's ``NSTLoss`` (REFERENCES.md §2); NST's loss weight lambda / 2 becomes bench.toml's beta = 50
+    as RepDistiller's ``NSTLoss`` (``distiller_zoo/NST.py``); NST's loss weight lambda / 2 becomes bench.toml's beta
+    = 50
     (RepDistiller's value).
 
     Args:

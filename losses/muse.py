@@ -1,6 +1,6 @@
 """MUSE: mutual information and self-information between features (Gong, Yu, Mittal, Mori and Chen).
 
-No public code exists; this is the first implementation, derived from the paper (shared/papers/muse-paper.md):
+No public code exists; this is the first implementation, derived from the paper's equations:
 
 - Eq. 3: I(F_i; F_T), the MI between an early module's feature and the last one.
 - Eq. 2: the self-information H(F_i) = I(F_i; F_i), estimated with the same MI estimator.

@@ -1,4 +1,4 @@
-"""Variational information distillation (Ahn, Hu, Damianou, Lawrence and Dai, CVPR 2019; shared/papers/vid-abstract.md).
+"""Variational information distillation (Ahn, Hu, Damianou, Lawrence and Dai, CVPR 2019).
 
 VID maximises a variational lower bound on the mutual information between a target (teacher) feature t and a source
 (student) feature s, I(t; s) >= H(t) + E[log q(t | s)] (Eq. 2). H(t) does not depend on the student, so the loss
@@ -8,11 +8,12 @@ regressor and a homoscedastic, per-channel variance (Eq. 5-6):
     -log q(t | s) = sum_{c,h,w} [ log sigma_c + (t_chw - mu_chw(s))^2 / (2 sigma_c^2) ] + const,
     sigma_c^2 = log(1 + exp(alpha_c)) + eps.
 
-Equation numbers follow the arXiv version (1904.05835); the paper text is not in shared/, so they were written from
-the published formulas and RepDistiller's implementation (``distiller_zoo/VID.py``, credited to the authors' code;
-REFERENCES.md §2), not re-checked against the PDF.
+Equation numbers follow the arXiv version (1904.05835); they were written from
+the published formulas and RepDistiller's implementation (``distiller_zoo/VID.py``, credited to the authors' code),
+not re-checked against the PDF.
 
-The pitfall this module exists to avoid (REFERENCES.md §2): in mdistiller the alpha_c (``log_scales``) sit in a plain
+The pitfall this module exists to avoid (mdistiller's ``distillers/VID.py``): in mdistiller the alpha_c
+(``log_scales``) sit in a plain
 Python list, are never optimised, and sigma^2 stays 5 forever. Here alpha is a registered ``nn.Parameter``, so it is
 in ``plugin.parameters()`` and the runner trains it with everything else.
 """

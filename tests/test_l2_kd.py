@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from discbench.functional import kd_divergence
 
 from discbench.api import FeatureSpec, LossContext
+from discbench.functional import kd_divergence
 from discbench.registry import LOSSES
 
 CTX = LossContext(step=0, epoch=0, protocol="self", labels=torch.zeros(3, dtype=torch.long), indices=torch.arange(3),

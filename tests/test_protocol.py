@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from discbench.functional import kd_divergence
 
 from discbench.api import LossContext
 from discbench.errors import DiscbenchError
+from discbench.functional import kd_divergence
 from discbench.registry import PROTOCOLS
 
 

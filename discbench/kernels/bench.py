@@ -6,7 +6,7 @@ benchmarks record. One measurement is forward + backward of one case:
 - ``critic``: ``CRITICS["jsd"][impl]`` on given local codes (B, N, D) and global codes (B, D) (scaled by D^-1/2, as
   MUSE does), both requiring grad;
 - ``full``: the MUSE ``mi`` plugin with D = dim: its local encoder on a (B, 64, H, W) channels_last map
-  (N = H*W), its global encoder on a 512-d vector, and the critic (REFERENCES.md B2's "full").
+  (N = H*W), its global encoder on a 512-d vector, and the critic: what one MUSE term costs in training.
 
 Peak memory is the peak of bytes allocated during the call above what was allocated before it (inputs excluded;
 gradients, activations and temporaries included). On CPU it is exact: the running sum of the torch profiler's
