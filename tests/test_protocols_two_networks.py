@@ -3,6 +3,8 @@ and the combinations it refuses."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,8 @@ from discbench.errors import DiscbenchError
 from discbench.functional import kd_divergence
 from discbench.protocols.base import build_backbone
 from discbench.registry import PROTOCOLS
+from tests.conftest import requires_fashion_mnist
+from tests.test_cli import discbench, records, tiny
 
 
 def ctx(y):
@@ -154,3 +158,27 @@ def test_combinations_refused_in_one_line(bench, loss, protocol, partner, messag
     with pytest.raises(DiscbenchError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
         bench.resolve(loss, "smallnet", "fashion-mnist", "smoke", protocol, partner=partner)
     assert "\n" not in str(info.value)
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_online_runs_end_to_end_identical_and_different(tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    for peer in ([], ["--peer", "smallnet"]):
+        status, _, err = discbench(capsys, monkeypatch, "run", "--protocol", "online", "--loss", "mi_plus_si",
+                                   "--backbone", "smallnet_half", *peer, "--seeds", "1", "--quiet", "--results-dir",
+                                   str(runs), "--label", "MI+SI", *tiny())
+        assert status == 0, err
+    recs = {json.loads(p.read_text())["partner"]: json.loads(p.read_text()) for p in records(runs)}
+    assert set(recs) == {"smallnet_half", "smallnet"}
+    for partner, rec in recs.items():
+        assert rec["protocol"] == "online" and rec["baseline"] is False
+        assert [(c["network"], c["backbone"]) for c in rec["classifiers"]] == [("net1", "smallnet_half"),
+                                                                              ("net2", partner)]
+        assert set(rec["final_top1"]) == {"net1/exit4", "net2/exit4"}
+        assert {"ce@net1", "ce@net2", "kd@net1", "mi@net1.1", "si@net2.3"} <= set(rec["final_train_terms"])
+    status, out, _ = discbench(capsys, monkeypatch, "leaderboard", "--results-dir", str(runs), "--out",
+                               str(tmp_path / "LB.md"))
+    row = next(line for line in out.splitlines() if line.startswith("| MI+SI"))
+    assert status == 0 and "smallnet_half / smallnet ↑" in out and "smallnet_half / smallnet_half ↑" in out
+    assert row.count("(n=1)") == 3  # the identical pair's mean, then net1 / net2 of the different pair

@@ -168,3 +168,44 @@ def test_a_checkpoint_that_is_not_a_state_dict(tmp_path, env, capsys, monkeypatc
     status, _, err = discbench(capsys, monkeypatch, "teacher", "import", str(path), "--backbone", "resnet20",
                                "--config", env["config"])
     assert status == 2 and "does not hold a state dict" in err and not env["store"].exists()
+
+
+@pytest.mark.slow
+def test_repdistiller_teacher_import_then_offline_on_cifar100(tmp_path, env, capsys, monkeypatch):
+    """A RepDistiller-format checkpoint (keys and shapes of its resnet56, from tests/data/repdistiller_manifest.json)
+    is imported, listed, verified and distilled from: MUSE Table 7(b)'s first column, a few steps on a tiny
+    CIFAR-100-format dataset the test writes."""
+    from tests.test_cifar_backbones import random_repdistiller_state
+    from tests.test_data import write_cifar100
+
+    checkpoint = tmp_path / "ckpt_epoch_240.pth"
+    from discbench.registry import BACKBONES
+
+    state = random_repdistiller_state("resnet56")  # RepDistiller's keys and shapes; values of a freshly built network:
+    fresh = BACKBONES.get("resnet56")(in_channels=3, num_classes=100, image_size=32)
+    for key, value in fresh.from_repdistiller(state).items():  # the mapping hands back RepDistiller's tensors
+        value.copy_(fresh.state_dict()[key])
+    torch.save({"model": state, "accuracy": torch.tensor(72.34), "epoch": 240}, checkpoint)
+    status, out, err = discbench(capsys, monkeypatch, "teacher", "import", str(checkpoint), "--backbone", "resnet56",
+                                 "--dataset", "cifar100", "--config", env["config"])
+    assert status == 0, err
+    (teacher_dir,) = [p for p in env["store"].iterdir() if not p.name.startswith(".")]
+    manifest = json.loads((teacher_dir / "manifest.json").read_text())
+    assert manifest["source"] == "repdistiller" and manifest["budget"] == "imported"
+    assert manifest["top1"] == pytest.approx(72.34) and manifest["checkpoint"]["epoch"] == 240
+    status, out, _ = discbench(capsys, monkeypatch, "teacher", "list")
+    assert "resnet56" in out and "72.34" in out and "repdistiller" in out
+
+    write_cifar100(tmp_path / "data", n_train=32, n_test=16)
+    sets = ["recipe.epochs=1", "recipe.batch_size=16", "recipe.train_subset=0", "recipe.test_subset=0",
+            "recipe.eval_batch_size=16", "recipe.milestones=[]", "protocol.teacher_budget=imported"]
+    status, _, err = discbench(capsys, monkeypatch, "run", "--protocol", "offline", "--loss", "mi_x_si", "--backbone",
+                               "resnet20", "--teacher", "resnet56", "--dataset", "cifar100", "--seeds", "1",
+                               "--quiet", "--config", env["config"], "--data-dir", str(tmp_path / "data"),
+                               "--results-dir", str(env["runs"]), *[a for s in sets for a in ("--set", s)])
+    assert status == 0, err
+    (path,) = records(env["runs"])
+    rec = json.loads(path.read_text())
+    assert rec["teacher"]["source"] == "repdistiller" and rec["teacher"]["top1"] == pytest.approx(72.34)
+    assert rec["cost"]["teacher_params"] == 861_620 and rec["timing"]["steps"] == 2
+    assert {"mi@student.1", "si@student.3", "kd@student"} <= set(rec["final_train_terms"])

@@ -53,20 +53,6 @@ class Case:
     dim: int = 128
 
 
-@contextlib.contextmanager
-def using_impl(impl: str) -> Iterator[None]:
-    """Run the block with ``DISCBENCH_IMPL=impl`` (what the MUSE plugin dispatches on), then restore it."""
-    old = os.environ.get("DISCBENCH_IMPL")
-    os.environ["DISCBENCH_IMPL"] = impl
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["DISCBENCH_IMPL"]
-        else:
-            os.environ["DISCBENCH_IMPL"] = old
-
-
 def _clear_grads(tensors: list[Tensor]) -> None:
     """Free the gradients a step made, inside the step: the next step starts from none (frees of memory allocated
     before a measurement would otherwise lower its peak)."""
@@ -102,12 +88,11 @@ def full_step(case: Case, device: torch.device) -> Callable[[], None]:
         memory_format=torch.channels_last).requires_grad_()
     target = torch.randn(b, TARGET_FEATURES, device=device, requires_grad=True)
     ctx = LossContext(step=0, epoch=0, protocol="self", labels=torch.zeros(b, dtype=torch.long, device=device),
-                      indices=torch.arange(b, device=device), dataset_size=b, num_classes=10)
+                      indices=torch.arange(b, device=device), dataset_size=b, num_classes=10, critic_impl=case.impl)
     leaves = [source, target, *plugin.parameters()]
 
     def step() -> None:
-        with using_impl(case.impl):
-            plugin(source, target, ctx).loss.backward()
+        plugin(source, target, ctx).loss.backward()
         _clear_grads(leaves)
 
     return step
