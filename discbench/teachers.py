@@ -237,8 +237,8 @@ def import_repdistiller(bench: Bench, checkpoint: Path, backbone: str, dataset: 
     network = cls(in_channels=ds.channels, num_classes=ds.num_classes, image_size=ds.image_size)
     load_into(network, network.from_repdistiller(state), str(checkpoint))
     accuracy = raw.get("accuracy") if isinstance(raw, dict) else None
-    top1 = float(accuracy) if isinstance(accuracy, int | float | torch.Tensor) and torch.tensor(accuracy).numel() == 1 \
-        else None
+    scalar = isinstance(accuracy, int | float | torch.Tensor) and torch.as_tensor(accuracy).numel() == 1
+    top1 = float(accuracy) if scalar else None
     digest = sha256_of(checkpoint)
     manifest = {"teacher_id": f"repdistiller-{backbone}-{digest[:16]}", "backbone": backbone, "dataset": dataset,
                 "num_classes": ds.num_classes, "in_channels": ds.channels, "image_size": ds.image_size,

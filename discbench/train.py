@@ -249,7 +249,8 @@ def train_teachers(bench: Bench, backbone: str, dataset: str, budget: str, seeds
             stored.append(manifest)
             continue
         run = train(cfg, seed, data.get(cfg, device), device, progress=progress)
-        write_record(find_record(results_dir, cfg, seed) or record_path(results_dir, cfg, seed), run.record)
+        if find_record(results_dir, cfg, seed) is None:  # the same plain run may be published already (a `none` row)
+            write_record(record_path(results_dir, cfg, seed), run.record)
         top1 = run.record.last_top1("net")
         ds = cfg.dataset
         manifest = {"teacher_id": teacher_id, "backbone": backbone, "dataset": dataset, "num_classes": ds.num_classes,

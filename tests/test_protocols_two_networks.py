@@ -34,7 +34,7 @@ def test_pairings_name_the_module_pairs():
     assert Pairing.LAST.pairs(4) == [(4, 4)]
 
 
-def online(bench, loss, *overrides, backbone="smallnet_half", peer=None):
+def online(bench, loss, *overrides, backbone="tinynet", peer=None):
     cfg = bench.resolve(loss, backbone, "fashion-mnist", "smoke", "online", overrides, partner={"peer": peer})
     torch.manual_seed(0)
     return cfg, PROTOCOLS.get("online")(cfg)
@@ -58,7 +58,7 @@ def test_online_total_is_the_equation(bench):
 
 def test_online_identical_pair_by_default_and_a_different_peer(bench):
     cfg, system = online(bench, "none")
-    assert cfg.protocol.peer == "smallnet_half" and cfg.is_baseline
+    assert cfg.protocol.peer == "tinynet" and cfg.is_baseline
     assert sum(p.numel() for p in system.net1.parameters()) == sum(p.numel() for p in system.net2.parameters())
     assert [c.key for c in system.classifiers()] == ["net1/exit4", "net2/exit4"]
     x, y = batch()
@@ -98,7 +98,7 @@ def test_dml_peer_is_a_constant_target(bench):
 
 
 def offline(bench, loss, *overrides, teacher_net=None):
-    cfg = bench.resolve(loss, "smallnet_half", "fashion-mnist", "smoke", "offline", overrides,
+    cfg = bench.resolve(loss, "tinynet", "fashion-mnist", "smoke", "offline", overrides,
                         partner={"teacher": "smallnet"})
     torch.manual_seed(1)
     teacher_net = teacher_net or build_backbone(cfg, "smallnet")
@@ -166,19 +166,19 @@ def test_online_runs_end_to_end_identical_and_different(tmp_path, capsys, monkey
     runs = tmp_path / "runs"
     for peer in ([], ["--peer", "smallnet"]):
         status, _, err = discbench(capsys, monkeypatch, "run", "--protocol", "online", "--loss", "mi_plus_si",
-                                   "--backbone", "smallnet_half", *peer, "--seeds", "1", "--quiet", "--results-dir",
+                                   "--backbone", "tinynet", *peer, "--seeds", "1", "--quiet", "--results-dir",
                                    str(runs), "--label", "MI+SI", *tiny())
         assert status == 0, err
     recs = {json.loads(p.read_text())["partner"]: json.loads(p.read_text()) for p in records(runs)}
-    assert set(recs) == {"smallnet_half", "smallnet"}
+    assert set(recs) == {"tinynet", "smallnet"}
     for partner, rec in recs.items():
         assert rec["protocol"] == "online" and rec["baseline"] is False
-        assert [(c["network"], c["backbone"]) for c in rec["classifiers"]] == [("net1", "smallnet_half"),
+        assert [(c["network"], c["backbone"]) for c in rec["classifiers"]] == [("net1", "tinynet"),
                                                                               ("net2", partner)]
         assert set(rec["final_top1"]) == {"net1/exit4", "net2/exit4"}
         assert {"ce@net1", "ce@net2", "kd@net1", "mi@net1.1", "si@net2.3"} <= set(rec["final_train_terms"])
     status, out, _ = discbench(capsys, monkeypatch, "leaderboard", "--results-dir", str(runs), "--out",
                                str(tmp_path / "LB.md"))
     row = next(line for line in out.splitlines() if line.startswith("| MI+SI"))
-    assert status == 0 and "smallnet_half / smallnet ↑" in out and "smallnet_half / smallnet_half ↑" in out
+    assert status == 0 and "tinynet / smallnet ↑" in out and "tinynet / tinynet ↑" in out
     assert row.count("(n=1)") == 3  # the identical pair's mean, then net1 / net2 of the different pair

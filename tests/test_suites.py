@@ -94,3 +94,40 @@ def test_table6_rows_have_ce_and_no_kd(name):
             assert not p.exits, label
         else:
             assert p.exits and p.exit_ce_weight == 1.0 and p.kd_weight == 0.0, label
+
+
+# MUSE Table 7: rows and columns as the paper prints them; the smoke variants keep the rows.
+TABLE7A = ["Baseline", "KD", "DML", "KDCL", "AFD", "MI+SI", "MI×SI"]
+TABLE7A_PAIRS = [("resnet20", "resnet20"), ("resnet56", "resnet56"), ("resnet20", "resnet56"),
+                 ("shufflenet_v1", "wrn_40_2")]
+TABLE7B = ["Baseline", "KD", "FitNets", "VID", "CRD", "MIMKD", "MI+SI", "MI×SI"]
+TABLE7B_PAIRS = [("resnet20", "resnet56"), ("resnet32", "resnet110")]  # (student, teacher)
+LOSS_OF_7 = {"Baseline": "", "KD": "", "DML": "dml", "KDCL": "kdcl", "AFD": "afd", "MI+SI": "mi_plus_si",
+             "MI×SI": "mi_x_si", "FitNets": "fitnet", "VID": "vid", "CRD": "crd", "MIMKD": "mimkd"}
+
+
+@pytest.mark.parametrize("name,labels,pairs", [("table7a", TABLE7A, TABLE7A_PAIRS), ("table7b", TABLE7B, TABLE7B_PAIRS)])
+def test_table7_rows_columns_and_weights(name, labels, pairs):
+    paper, smoke = BENCH.suite(name), BENCH.suite(f"{name}-smoke")
+    assert [row.label for row in paper.rows] == labels and smoke.rows == paper.rows
+    assert paper.columns() == pairs and (paper.datasets, paper.budget) == (("cifar100",), "paper")
+    assert smoke.datasets == ("fashion-mnist",) and smoke.budget == "smoke" and smoke.protocol == paper.protocol
+    assert len({b == p for b, p in smoke.columns()}) == (2 if name == "table7a" else 1)  # 7a: identical and different
+    for suite in (paper, smoke):
+        configs = BENCH.suite_configs(suite)
+        assert len(configs) == len(suite.rows) * len(suite.columns()) * len(suite.datasets)
+        for cfg in configs:
+            p, label = cfg.protocol, cfg.label
+            assert cfg.loss.name == LOSS_OF_7[label], label
+            assert cfg.is_baseline == (label == "Baseline"), label
+            if name == "table7a":  # KD between the peers, except where DML or KDCL replaces it
+                assert (p.kd_weight > 0) == (label not in ("Baseline", "DML", "KDCL")), label
+            else:  # RepDistiller: KD is -r 0.1 -a 0.9; FitNets, VID, CRD (and MIMKD) -a 0; MUSE keeps KD
+                assert (p.ce_weight, p.kd_weight > 0) == ((0.1, True) if label in ("KD", "MI+SI", "MI×SI")
+                                                          else (1.0, False)), label
+    offline = BENCH.suite_configs(paper)[0]
+    if name == "table7b":  # RepDistiller's CIFAR-100 recipe is the offline protocol's paper recipe
+        r = offline.recipe
+        assert (r.epochs, r.batch_size, r.lr, r.milestones, r.weight_decay) == (240, 64, 0.05, (150, 180, 210), 5e-4)
+    else:  # online follows MUSE §4.1
+        assert offline.recipe.epochs == 200 and offline.recipe.milestones == (75, 130, 180)

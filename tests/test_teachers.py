@@ -32,7 +32,7 @@ eval_batch_size = 64
 [suites.offline-tiny]
 protocol = "offline"
 datasets = ["fashion-mnist"]
-backbones = ["smallnet_half"]
+backbones = ["tinynet"]
 partners = ["smallnet"]
 seeds = 1
 budget = "tiny"
@@ -57,7 +57,7 @@ def env(tmp_path, monkeypatch):
 
 def offline_run(capsys, monkeypatch, env, loss="crd", *extra):
     return discbench(capsys, monkeypatch, "run", "--protocol", "offline", "--loss", loss, "--backbone",
-                     "smallnet_half", "--teacher", "smallnet", "--budget", "tiny", "--seeds", "1", "--quiet",
+                     "tinynet", "--teacher", "smallnet", "--budget", "tiny", "--seeds", "1", "--quiet",
                      "--config", env["config"], "--results-dir", str(env["runs"]), *extra)
 
 
@@ -101,7 +101,7 @@ def test_train_teacher_then_offline_student(env, capsys, monkeypatch):
 
     status, out, _ = discbench(capsys, monkeypatch, "leaderboard", "--results-dir", str(env["runs"]), "--out",
                                str(env["runs"].parent / "LB.md"))
-    assert status == 0 and f"smallnet ({manifest['top1']:.2f}) → smallnet_half" in out
+    assert status == 0 and f"smallnet ({manifest['top1']:.2f}) → tinynet" in out
 
 
 @requires_fashion_mnist
@@ -135,7 +135,7 @@ def test_offline_sweep_trains_its_missing_teacher(env, capsys, monkeypatch):
     status, out, err = discbench(capsys, monkeypatch, "sweep", "--suite", "offline-tiny", "--quiet", "--config",
                                  env["config"], "--results-dir", str(env["runs"]))
     assert status == 0, err
-    assert "stored teacher smallnet" in err and "MI×SI" in out and "→ smallnet_half" in out
+    assert "stored teacher smallnet" in err and "MI×SI" in out and "→ tinynet" in out
     assert len([p for p in env["store"].iterdir() if not p.name.startswith(".")]) == 1
 
 
@@ -153,7 +153,7 @@ def test_a_pickle_with_code_is_refused_and_never_executed(tmp_path, env, capsys,
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
     with open(evil, "wb") as f:
-        pickle.dump({"model": RunsCode(marker)}, f)
+        pickle.dump({"model": RunsCode(marker)}, f, protocol=2)
     with pytest.raises(DiscbenchError, match="not a loadable state dict"):
         load_checkpoint(evil)
     status, _, err = discbench(capsys, monkeypatch, "teacher", "import", str(evil), "--backbone", "resnet20",

@@ -1,0 +1,121 @@
+"""Step time of the three protocols on one backbone, measured in one process: what online and offline cost next to
+self-distillation.
+
+Each configuration is one training step of the real protocol module (forward, backward, SGD update over every
+trainable parameter it holds) on a fixed random batch of the dataset's shape, built exactly as ``discbench run``
+builds it (bench.toml's resolved configuration; channels_last as in ``[runtime]``). The configurations are measured
+round-robin, ``--repeats`` rounds after ``--warmup`` rounds, and each reports the median milliseconds per step and its
+ratio to the first row (self-distillation's ``ce_kd``, the reference), so noise from the machine hits every row
+alike. The offline teacher is a randomly initialised network of the teacher's backbone: its speed does not depend on
+its weights, and no teacher store is needed.
+
+    python benchmarks/bench_protocols.py                                    # smallnet, Fashion-MNIST shape, batch 32
+    python benchmarks/bench_protocols.py --backbone resnet20 --teacher resnet56 --dataset cifar100 --batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from discbench.api import LossContext
+from discbench.config import Bench
+from discbench.errors import DiscbenchError
+from discbench.protocols.base import build_backbone
+from discbench.registry import PROTOCOLS
+
+# (row, loss or baseline, protocol): the reference first.
+ROWS = (("self ce_kd", "ce_kd", "self"), ("online kd", "ce_kd", "online"), ("offline kd", "ce_kd", "offline"))
+
+
+def build(bench: Bench, loss: str, protocol: str, args: argparse.Namespace) -> torch.nn.Module:
+    partner = {"online": {"peer": args.peer}, "offline": {"teacher": args.teacher or args.backbone}}.get(protocol)
+    cfg = bench.resolve(loss, args.backbone, args.dataset, args.budget, protocol, partner=partner)
+    teacher = build_backbone(cfg, cfg.protocol.teacher) if PROTOCOLS.get(protocol).needs_teacher else None
+    system = PROTOCOLS.get(protocol)(cfg, teacher=teacher)
+    if cfg.runtime.channels_last:
+        system = system.to(memory_format=torch.channels_last)
+    return system, cfg
+
+
+def stepper(system: torch.nn.Module, cfg, batch: int):
+    """One closure per configuration: a training step on a fixed random batch."""
+    ds = cfg.dataset
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, ds.channels, ds.image_size, ds.image_size, generator=gen)
+    if cfg.runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, ds.num_classes, (batch,), generator=gen)
+    ctx = LossContext(step=0, epoch=0, protocol=cfg.protocol_name, labels=y, indices=torch.arange(batch),
+                      dataset_size=batch, num_classes=ds.num_classes, critic_impl="torch")
+    params = [p for p in system.parameters() if p.requires_grad]
+    r = cfg.recipe
+    optimizer = torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+    system.train()
+
+    def step() -> None:
+        out = system(x, y, ctx)
+        optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        optimizer.step()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="smallnet")
+    parser.add_argument("--peer", default=None, help="online peer (default: the same backbone)")
+    parser.add_argument("--teacher", default=None, help="offline teacher backbone (default: the same backbone)")
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--budget", default="smoke")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows and machine information here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        bench = Bench.load()
+        torch.manual_seed(0)
+        built = [(name, *build(bench, loss, protocol, args)) for name, loss, protocol in ROWS]
+    except DiscbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    steps = {name: stepper(system, cfg, args.batch) for name, system, cfg in built}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(args.warmup + args.repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_ >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+    reference = statistics.median(times[ROWS[0][0]])
+    rows = [{"row": name, "networks": f"{cfg.backbone}" + (f" + {getattr(cfg.protocol, 'peer', '') or ''}"
+                                                              f"{getattr(cfg.protocol, 'teacher', '') or ''}"
+                                                              if cfg.protocol_name != "self" else " (exits)"),
+             "ms_per_step": 1000 * statistics.median(times[name]),
+             "ratio": statistics.median(times[name]) / reference}
+            for name, _, cfg in built]
+    print(f"| row | networks | ms/step (median of {args.repeats}) | × self ce_kd |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['row']} | {r['networks']} | {r['ms_per_step']:.1f} | {r['ratio']:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "args": {k: str(v) for k, v in vars(args).items()},
+                                         "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                                                     "threads": torch.get_num_threads()}}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
