@@ -106,7 +106,8 @@ LOSS_OF_7 = {"Baseline": "", "KD": "", "DML": "dml", "KDCL": "kdcl", "AFD": "afd
              "MI×SI": "mi_x_si", "FitNets": "fitnet", "VID": "vid", "CRD": "crd", "MIMKD": "mimkd"}
 
 
-@pytest.mark.parametrize("name,labels,pairs", [("table7a", TABLE7A, TABLE7A_PAIRS), ("table7b", TABLE7B, TABLE7B_PAIRS)])
+@pytest.mark.parametrize("name,labels,pairs", [("table7a", TABLE7A, TABLE7A_PAIRS),
+                                               ("table7b", TABLE7B, TABLE7B_PAIRS)])
 def test_table7_rows_columns_and_weights(name, labels, pairs):
     paper, smoke = BENCH.suite(name), BENCH.suite(f"{name}-smoke")
     assert [row.label for row in paper.rows] == labels and smoke.rows == paper.rows
