@@ -22,7 +22,7 @@ from typing import Any
 import tomllib
 
 from discbench.errors import DiscbenchError
-from discbench.registry import LOSSES, PROTOCOLS, unknown_name_message
+from discbench.registry import BACKBONES, LOSSES, PROTOCOLS, unknown_name_message
 
 SECTIONS = ("dataset", "recipe", "protocol", "loss", "runtime")
 
@@ -83,8 +83,8 @@ class LossConfig:
 class TeacherRef:
     """The identity of a stored teacher, part of an offline student's configuration (and so of its hash).
 
-    ``teacher_id`` is ``<teacher config hash>-seed<k>`` (or ``imported-<sha256 prefix>``); ``sha256`` is the digest
-    of its weights file, verified before every load (``discbench.teachers``).
+    ``teacher_id`` is ``<teacher config hash>-seed<k>`` (or ``repdistiller-<backbone>-<sha256 prefix>``);
+    ``sha256`` is the digest of its weights file, verified before every load (``discbench.teachers``).
     """
 
     backbone: str
@@ -325,8 +325,6 @@ class Bench:
         ``partner`` names the second network of a two-network protocol, as ``{"peer": NAME}`` (online) or
         ``{"teacher": NAME}`` (offline): the command line's ``--peer`` and ``--teacher``, a suite's ``partners``.
         """
-        from discbench.registry import BACKBONES
-
         baselines = self.baselines()
         proto_cls = PROTOCOLS.get(protocol)
         if loss in baselines:
@@ -397,8 +395,6 @@ class Bench:
     def _resolve_partner(proto_cls: Any, proto: Any, backbone: str) -> Any:
         """The second network of a two-network protocol: a registered backbone; an omitted peer is the run's own
         backbone (two identical networks), an omitted teacher is an error."""
-        from discbench.registry import BACKBONES
-
         key = proto_cls.partner
         if key is None:
             return proto
