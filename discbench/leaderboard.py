@@ -35,7 +35,8 @@ def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
         row = {
             "dataset": r.dataset, "budget": r.budget, "protocol": r.protocol, "backbone": r.backbone,
             "partner": r.partner, "label": r.label, "config_hash": r.config_hash, "seed": r.seed,
-            "loss": r.loss["name"], "baseline": r.baseline, "loss_params": r.cost["loss_params"],
+            "loss": r.loss["name"], "loss_source": plugin_source(r.loss), "baseline": r.baseline,
+            "loss_params": r.cost["loss_params"],
             "images_per_second": r.timing["images_per_second"], "steps_per_second": r.timing["steps_per_second"],
             "teacher_top1": r.teacher["top1"] if r.teacher else None,
         }
@@ -46,10 +47,22 @@ def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
     if not rows:
         raise DiscbenchError("no run records found; run 'discbench run' or 'discbench sweep' first")
     df = pd.DataFrame(rows)
-    # Two configurations under one label (e.g. bench.toml changed between runs) must not be averaged together.
-    n_hashes = df.groupby([*GROUP, "backbone", "partner", "label"], dropna=False)["config_hash"].transform("nunique")
-    df.loc[n_hashes > 1, "label"] = df["label"] + " (" + df["config_hash"].str[:6] + ")"
-    return df
+    # Two configurations under one label (e.g. bench.toml changed between runs), or one configuration run with two
+    # versions of a third-party plugin's package, must not be averaged together.
+    source = df["loss_source"].map(lambda s: f", {s}" if s else "")
+    df["variant"] = df["config_hash"] + source
+    n_variants = df.groupby([*GROUP, "backbone", "partner", "label"], dropna=False)["variant"].transform("nunique")
+    df.loc[n_variants > 1, "label"] = df["label"] + " (" + df["config_hash"].str[:6] + source + ")"
+    return df.drop(columns="variant")
+
+
+def plugin_source(loss: dict) -> str:
+    """``my-plugins 0.2.0`` for a loss from a third-party package, "" for a built-in, a baseline or a record written
+    before records named the package (the plugin's own ``version`` is part of the configuration hash already)."""
+    dist = loss.get("distribution")
+    if not dist or dist == "discbench":
+        return ""
+    return f"{dist} {loss.get('distribution_version') or '?'}"
 
 
 def cell(values: pd.Series) -> str:
@@ -135,7 +148,9 @@ def pair_table(df: pd.DataFrame) -> str:
     seed (as the paper reports it), a different pair is ``net1 / net2``. Offline (Table 7(b)): columns
     ``teacher (its top-1) → student``, the student's top-1.
     """
-    columns = df[["backbone", "partner"]].drop_duplicates().sort_values(["backbone", "partner"])
+    columns = df[["backbone", "partner"]].drop_duplicates()
+    columns = columns.assign(different=columns["backbone"] != columns["partner"])  # identical pairs first, as MUSE
+    columns = columns.sort_values(["different", "backbone", "partner"])[["backbone", "partner"]]
     labels = _row_order(df)
     table = pd.DataFrame(index=labels, dtype=object)
     means = pd.DataFrame(index=labels, dtype=float)
