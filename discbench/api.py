@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from discbench.classifier import Classifier  # torch-free: run records and leaderboards read it too
+
 if TYPE_CHECKING:
     from discbench.config import RunConfig
 
@@ -190,25 +192,6 @@ class Backbone(nn.Module):
 def classifier_head(channels: int, num_classes: int) -> nn.Sequential:
     """Global average pooling, then a linear classifier."""
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
-
-
-@dataclass(frozen=True)
-class Classifier:
-    """One classifier a protocol evaluates: exit ``exit`` (1-based module index) of network ``network``.
-
-    ``network`` is the network's role in its protocol: ``net`` (self-distillation), ``net1``/``net2`` (online),
-    ``student`` (offline); ``last`` marks the network's own final classifier (its exit T).
-    """
-
-    network: str
-    backbone: str
-    exit: int
-    last: bool
-
-    @property
-    def key(self) -> str:
-        """``net1/exit4``: the key of this classifier in ``predict`` and in run records."""
-        return f"{self.network}/exit{self.exit}"
 
 
 @dataclass

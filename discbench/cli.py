@@ -1,4 +1,8 @@
-"""The ``discbench`` command line: run, sweep, leaderboard, bench, list."""
+"""The ``discbench`` command line: run, sweep, leaderboard, bench, list.
+
+Every command imports what it needs inside its own body: ``discbench --help``, ``list budgets``, ``list suites``,
+``leaderboard`` (without ``--suite``) and ``validate --help`` never import torch, torchvision or a plugin.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,7 @@ from pathlib import Path
 import click
 
 from discbench.errors import DiscbenchError
-from discbench.results import DEFAULT_RESULTS_DIR
-
-DEFAULT_LEADERBOARD = Path("results") / "LEADERBOARD.md"
+from discbench.results import DEFAULT_RESULTS_DIR  # torch-free: reading records needs neither torch nor plugins
 
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                              help="bench.toml to use (default: $DISCBENCH_CONFIG, ./bench.toml, the repository's).")
@@ -94,9 +96,10 @@ def sweep(suite, budget, seeds, out, results_dir, config_path, teacher_store, da
 
     An offline suite first trains (and stores) every teacher it names that the teacher store lacks."""
     from discbench.config import Bench
+    from discbench.contract import preflight
     from discbench.leaderboard import render_suite
     from discbench.registry import PROTOCOLS
-    from discbench.results import load_records
+    from discbench.results import find_record, load_records
     from discbench.teachers import TeacherStore
     from discbench.train import DataCache, pick_device, run_seeds, train_teachers
 
@@ -107,7 +110,17 @@ def sweep(suite, budget, seeds, out, results_dir, config_path, teacher_store, da
     dev = pick_device(device)
     data = DataCache(data_dir, download)
     teachers = TeacherStore(teacher_store)
-    if PROTOCOLS.get(s.protocol).needs_teacher:
+    needs_teacher = PROTOCOLS.get(s.protocol).needs_teacher
+    # Every row's plugin is checked before anything trains (teachers included): a broken plugin in the last row
+    # stops the sweep now, not hours later. An offline row is checked against a random teacher of the same backbone
+    # here, and against its real teacher again before its first seed.
+    checked = set()
+    for cfg in configs:
+        if cfg.request_hash not in checked and (needs_teacher or force or any(
+                find_record(results_dir, cfg, seed) is None for seed in range(n_seeds))):
+            preflight(cfg)
+        checked.add(cfg.request_hash)
+    if needs_teacher:
         wanted = {(c.protocol.teacher, c.dataset.name, c.protocol.teacher_budget or c.budget, c.protocol.teacher_seed)
                   for c in configs}
         for backbone, dataset, teacher_budget, seed in sorted(wanted):
@@ -129,11 +142,14 @@ def sweep(suite, budget, seeds, out, results_dir, config_path, teacher_store, da
 @click.option("--budget", default=None, help="Only records of this budget (with --suite: the suites' budget).")
 @click.option("--suite", "suites", multiple=True, help="Render these suites' tables (their rows, labels and order) "
                                                        "instead of every record; repeatable.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_LEADERBOARD,
-              show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the tables to this file (e.g. results/LEADERBOARD.md); by default nothing is written.")
 @config_option
 def leaderboard(results_dir, budget, suites, out, config_path):
-    """Render records under --results-dir as markdown tables (all of them, or --suite's), write --out and print."""
+    """Render records under --results-dir as markdown tables (all of them, or --suite's) on stdout, and into --out.
+
+    Without --suite the tables come from the records alone (no plugin, no torch); --suite resolves the suites'
+    configurations to find their records."""
     from discbench.config import Bench
     from discbench.leaderboard import render, render_suite
     from discbench.results import load_records
@@ -148,7 +164,8 @@ def leaderboard(results_dir, budget, suites, out, config_path):
         text = "\n".join(parts)
     else:
         text = render(records, budget=budget)
-    _write_text(out, text)
+    if out:
+        _write_text(out, text)
     click.echo(text)
 
 
@@ -216,8 +233,7 @@ def list_(what, config_path):
     bench = Bench.load(config_path)
     rows: list[tuple[str, str]]
     if what == "losses":
-        rows = [(name, f"{origin}; protocols {', '.join(sorted(LOSSES.get(name).protocols))}; hyper-parameters "
-                 f"{_hparams(name)}") for name, origin in LOSSES.origins().items()]
+        rows = [(name, _describe_loss(name, origin)) for name, origin in LOSSES.origins().items()]
         rows += [(name, f"baseline in {bench.path}: " + "; ".join(
                      f"{protocol}: {', '.join(sets) or 'protocol defaults'}" for protocol, sets in per.items()))
                  for name, per in bench.baselines().items()]
@@ -244,7 +260,8 @@ def list_(what, config_path):
 def validate(loss):
     """Run the plugin contract suite (discbench.contract) on one loss: one line per check, then a summary.
 
-    Exit status 0 when every check passes, 1 when any fails, 2 for an unknown loss.
+    A check that needs one that failed is skipped (SKIP). Exit status 0 when every check passes, 1 when any fails,
+    2 for an unknown loss or a plugin that cannot be loaded.
     """
     from discbench.contract import validate as run_contract
     from discbench.registry import LOSSES
@@ -255,10 +272,12 @@ def validate(loss):
     results = run_contract(loss)
     width = max(len(r.check) for r in results)
     for r in results:
-        click.echo(f"{'PASS' if r.passed else 'FAIL'}  {r.check:<{width}}  {r.detail}")
-    failed = sum(not r.passed for r in results)
-    click.echo(f"{loss}: {len(results) - failed}/{len(results)} checks passed" + (f", {failed} failed" if failed
-                                                                                       else ""))
+        click.echo(f"{'PASS' if r.passed else 'SKIP' if r.skipped else 'FAIL'}  {r.check:<{width}}  {r.detail}")
+    passed = sum(r.passed for r in results)
+    skipped = sum(r.skipped for r in results)
+    failed = len(results) - passed - skipped
+    click.echo(f"{loss}: {passed}/{len(results)} checks passed" + (f", {failed} failed" if failed else "")
+               + (f", {skipped} skipped" if skipped else ""))
     if failed:
         sys.exit(1)  # not ctx.exit: main() runs click with standalone_mode=False, which swallows Exit codes
 
@@ -331,11 +350,17 @@ def teacher_import(checkpoint, backbone, dataset, seed, force, config_path, teac
     click.echo(f"stored {path}")
 
 
-def _hparams(name: str) -> str:
+def _describe_loss(name: str, origin: str) -> str:
+    """A row of ``list losses``: origin, protocols and hyper-parameters, or ``ERROR: ...`` for a broken plugin (the
+    other rows are listed all the same)."""
     from discbench.registry import LOSSES
 
-    params = LOSSES.get(name).hparams()
-    return ", ".join(f"{k}={v!r}" for k, v in params.items()) or "none"
+    problem = LOSSES.problem(name)
+    if problem:
+        return f"{origin}; ERROR: {problem}"
+    cls = LOSSES.get(name)
+    params = ", ".join(f"{k}={v!r}" for k, v in cls.hparams().items()) or "none"
+    return f"{origin}; protocols {', '.join(sorted(cls.protocols))}; hyper-parameters {params}"
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -1,4 +1,7 @@
-"""Run records: one JSON file per (configuration, seed), written atomically. Schema: results/README.md."""
+"""Run records: one JSON file per (configuration, seed), written atomically. Schema: results/README.md.
+
+Reading records (``load_records``, leaderboards) imports neither torch nor any plugin; ``provenance`` imports torch
+and torchvision when a run writes its record."""
 
 from __future__ import annotations
 
@@ -14,14 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-import torchvision
-
 import discbench
-from discbench.api import Classifier
+from discbench.classifier import Classifier
 from discbench.config import RunConfig
 from discbench.errors import DiscbenchError
-from discbench.registry import PROTOCOLS
+from discbench.registry import LOSSES, PROTOCOLS
 
 SCHEMA_VERSION = 2
 DEFAULT_RESULTS_DIR = Path("results") / "runs"
@@ -41,6 +41,9 @@ def _git_commit() -> str | None:
 
 
 def provenance() -> dict[str, Any]:
+    import torch
+    import torchvision
+
     try:
         import triton
 
@@ -77,7 +80,7 @@ class RunRecord:
     budget: str
     backbone: str
     partner: str | None  # the peer (online) or teacher (offline) backbone; None for one network
-    loss: dict[str, Any]  # {"name": registry name or "" for a baseline, "version": plugin version}
+    loss: dict[str, Any]  # {"name", "version", "distribution", "distribution_version", "entry_point"} (loss_source)
     seed: int
     baseline: bool  # trained without any distillation term, decided by the protocol from the configuration
     classifiers: tuple[Classifier, ...]
@@ -143,6 +146,18 @@ def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def loss_source(cfg: RunConfig) -> dict[str, Any]:
+    """The record's ``loss``: the registry name ("" for a baseline) and plugin version, the distribution (package)
+    that provided the plugin and that distribution's version (built-ins: discbench itself), and its import path
+    (``module:Class``, an entry point's value). Records written before these keys existed hold the first two only."""
+    if not cfg.loss.name:
+        return {"name": "", "version": cfg.loss.version, "distribution": None, "distribution_version": None,
+                "entry_point": None}
+    source = LOSSES.source(cfg.loss.name)
+    return {"name": cfg.loss.name, "version": cfg.loss.version, "distribution": source.distribution,
+            "distribution_version": source.distribution_version, "entry_point": source.entry_point}
+
+
 def new_record(cfg: RunConfig, seed: int, epochs: list[dict], classifiers: list[Classifier], runtime: dict,
                cost: dict, timing: dict, teacher: dict | None = None) -> RunRecord:
     """Assemble a run record from the training loop's results."""
@@ -162,7 +177,7 @@ def new_record(cfg: RunConfig, seed: int, epochs: list[dict], classifiers: list[
         budget=cfg.budget,
         backbone=cfg.backbone,
         partner=getattr(cfg.protocol, partner_key) if partner_key else None,
-        loss={"name": cfg.loss.name, "version": cfg.loss.version},
+        loss=loss_source(cfg),
         seed=seed,
         baseline=cfg.is_baseline,
         classifiers=tuple(classifiers),

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from discbench.api import LossContext, Protocol
 from discbench.config import Bench, RunConfig
+from discbench.contract import preflight
 from discbench.errors import DiscbenchError, NonFiniteLossError
 from discbench.kernels import select_impl
 from discbench.registry import PROTOCOLS
@@ -208,7 +209,8 @@ def run_seeds(cfg: RunConfig, seeds: Iterable[int], results_dir: Path, device: t
 
     A protocol that needs a teacher finds it in ``teachers`` (verified once, before the first seed) and the teacher's
     identity becomes part of the configuration, so its hash names the teacher too. ``data`` lets a sweep open each
-    dataset once.
+    dataset once. Before the first seed it trains, the plugins pass the pre-flight check (``discbench.contract``:
+    one forward and backward at batch 2 on the CPU, with the loaded teacher); a failure writes no record.
     """
     data = data or DataCache()
     teacher = None
@@ -216,13 +218,16 @@ def run_seeds(cfg: RunConfig, seeds: Iterable[int], results_dir: Path, device: t
         teachers = teachers or TeacherStore()
         cfg = teachers.attach(bench or Bench.load(), cfg)
         teacher = teachers.load(cfg, device)
-    written = []
+    written, checked = [], False
     for seed in seeds:
         existing = find_record(results_dir, cfg, seed)
         if existing and not force:
             print(f"skip {cfg.label} | {cfg.backbone} | seed {seed}: {existing} exists (--force reruns it)",
                   file=sys.stderr)
             continue
+        if not checked:
+            preflight(cfg, teacher=teacher.network if teacher else None)
+            checked = True
         record = train(cfg, seed, data.get(cfg, device), device, progress=progress, teacher=teacher).record
         path = existing if existing else record_path(results_dir, cfg, seed)
         write_record(path, record)

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from discbench import __version__ as discbench_version
 from discbench.cli import main
 from tests.conftest import REPO, TINY, requires_fashion_mnist
 
@@ -42,7 +43,9 @@ def test_run_skip_force_and_leaderboard(tmp_path, capsys, monkeypatch):
     paths = records(res)
     assert len(paths) == 2
     rec = json.loads(paths[0].read_text())
-    assert rec["loss"] == {"name": "mi_x_si", "version": 1} and rec["seed"] in (0, 1)
+    assert rec["loss"] == {"name": "mi_x_si", "version": 1, "distribution": "discbench",
+                           "distribution_version": discbench_version, "entry_point": "discbench.losses.muse:MIxSI"}
+    assert rec["seed"] in (0, 1)
     assert set(rec["final_top1"]) == {"net/exit1", "net/exit2", "net/exit3", "net/exit4"}
     assert {"mi@1", "si@3", "mi_x_si@2", "ce@4", "kd@1", "loss"} <= set(rec["final_train_terms"])
     assert rec["cost"]["loss_params"] > 0 and rec["runtime"]["critic_impl"] == "torch"

@@ -79,6 +79,11 @@ def test_plugin_from_another_package(tmp_path):
     assert validated.returncode == 0, validated.stdout + validated.stderr
     assert validated.stdout.strip().splitlines()[-1] == f"{NAME}: 9/9 checks passed"
 
+    # the package's own tests, as its CI (ci.sh) runs them
+    own = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=source,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert own.returncode == 0, own.stdout + own.stderr
+
     results = tmp_path / "runs"
     overrides = [a for o in TINY for a in ("--set", o)]
     ran = cli(env, "run", "--loss", NAME, "--backbone", "smallnet", "--dataset", "fashion-mnist", "--seeds", "1",
@@ -86,7 +91,9 @@ def test_plugin_from_another_package(tmp_path):
     assert ran.returncode == 0, ran.stderr
     (path,) = sorted(results.rglob("*.json"))
     record = json.loads(path.read_text())
-    assert record["loss"] == {"name": NAME, "version": 1}
+    assert record["loss"] == {"name": NAME, "version": 1, "distribution": "discbench-plugin-example",
+                              "distribution_version": "0.1.0",
+                              "entry_point": "discbench_plugin_example.cosine:CosineHint"}
     assert {f"{NAME}@{i}" for i in (1, 2, 3)} <= set(record["final_train_terms"])
     # SmallNet widths 16/32/64/128: one 1x1 regressor C_i -> 128 per module pair i -> 4, no bias
     assert record["cost"]["loss_params"] == (16 + 32 + 64) * 128

@@ -53,7 +53,7 @@ def test_entry_points_load_lazily(monkeypatch):
     loaded = []
 
     class Lazy:
-        pass
+        name = "lazy_loss"  # an entry point's class must carry its entry point's name
 
     ep = EntryPoint(name="lazy_loss", value="somewhere:Lazy", group="test.group")
     monkeypatch.setattr(EntryPoint, "dist", _FakeDist(), raising=False)
@@ -66,11 +66,13 @@ def test_entry_points_load_lazily(monkeypatch):
     assert Lazy.name == "lazy_loss"
 
 
-def test_entry_point_clashing_with_builtin(monkeypatch):
+def test_entry_point_clashing_with_builtin_is_skipped_with_a_warning(monkeypatch, capsys):
     ep = EntryPoint(name="dup", value="x:y", group="test.group")
     monkeypatch.setattr(EntryPoint, "dist", _FakeDist(), raising=False)
     monkeypatch.setattr("discbench.registry.entry_points", lambda group: [ep])
     reg = Registry("loss", entry_point_group="test.group")
-    reg.register("dup")(type("D", (), {}))
-    with pytest.raises(DiscbenchError, match="duplicate loss name 'dup'"):
-        reg.names()
+    D = reg.register("dup")(type("D", (), {}))
+    assert reg.names() == ["dup"] and reg.get("dup") is D  # the built-in is kept
+    (warning,) = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith("warning: loss 'dup' of package fake-dist (entry point 'dup = x:y') is skipped")
+    assert "rename that entry point in fake-dist's" in warning and reg.warnings == [warning.removeprefix("warning: ")]

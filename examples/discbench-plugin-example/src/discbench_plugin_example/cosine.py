@@ -24,7 +24,7 @@ class CosineHint(Discrepancy):
     Shape: source (B, C_s, H_s, W_s), target (B, C_t, H_t, W_t) -> scalar in [0, 2].
     """
 
-    name = "cosine_hint"  # must equal the entry-point name; discbench checks the key, not this attribute
+    name = "cosine_hint"  # must equal the entry-point name in pyproject.toml: discbench refuses a mismatch
     tap = Tap.FEATURE
     pairing = Pairing.SAME_STAGE
     detaches_target = True
