@@ -329,7 +329,7 @@ def teacher_list(teacher_store):
     rows = [{"id": m["teacher_id"], "backbone": m["backbone"], "dataset": m["dataset"], "budget": m["budget"],
              "seed": m["seed"], "top-1": "—" if m.get("top1") is None else f"{m['top1']:.2f}",
              "sha256": m["sha256"][:16], "source": m["source"]} for m in manifests]
-    click.echo(tabulate(rows, headers="keys", tablefmt="pipe"))
+    click.echo(tabulate(rows, headers="keys", tablefmt="pipe", disable_numparse=True))
 
 
 @teacher.command(name="import")
