@@ -19,11 +19,18 @@ from discbench.registry import BACKBONES
     ("resnet18", 3, 96, 1000),  # larger than 64: torchvision's ImageNet stem
 ])
 def test_feature_specs_match_real_shapes(name, channels, size, classes):
-    net = BACKBONES.get(name)(in_channels=channels, num_classes=classes, image_size=size).eval()
+    assert_specs_match_real_shapes(BACKBONES.get(name)(in_channels=channels, num_classes=classes, image_size=size),
+                                   channels, size, classes)
+
+
+def assert_specs_match_real_shapes(net, channels: int, size: int, classes: int) -> None:
+    """A forward pass of a (2, channels, size, size) batch gives logits of ``classes`` and one feature per declared
+    ``FeatureSpec`` (4 modules), each of the declared channels and side."""
+    net = net.eval()
     with torch.no_grad():
         logits, features = net(torch.randn(2, channels, size, size))
     assert logits.shape == (2, classes)
-    assert len(features) == len(net.feature_specs) == 4
+    assert len(features) == len(net.feature_specs) == len(net.stages) == 4
     for spec, f in zip(net.feature_specs, features, strict=True):
         side = spec.spatial(size)
         assert f.shape == (2, spec.channels, side, side), (spec, f.shape)

@@ -17,6 +17,7 @@ import torch
 from discbench.api import FeatureSpec
 from discbench.errors import DiscbenchError
 from discbench.registry import BACKBONES
+from tests.test_backbones import assert_specs_match_real_shapes
 
 MANIFEST = json.loads((Path(__file__).resolve().parent / "data" / "repdistiller_manifest.json").read_text())["models"]
 
@@ -71,15 +72,9 @@ def test_parameter_count_matches_repdistiller(name):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("channels,size,classes", [(3, 32, 100), (1, 28, 10)])
 def test_feature_specs_match_real_shapes(name, channels, size, classes):
-    net = build(name, channels, classes, size).eval()
+    net = build(name, channels, classes, size)
     assert net.feature_specs == tuple(FeatureSpec(channels=c, reduction=r) for c, r in SPECS[name])
-    with torch.no_grad():
-        logits, features = net(torch.randn(2, channels, size, size))
-    assert logits.shape == (2, classes)
-    assert len(features) == len(net.stages) == 4
-    for spec, f in zip(net.feature_specs, features, strict=True):
-        side = spec.spatial(size)
-        assert f.shape == (2, spec.channels, side, side), (spec, f.shape)
+    assert_specs_match_real_shapes(net, channels, size, classes)
 
 
 @pytest.mark.parametrize("name", NAMES)

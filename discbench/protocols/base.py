@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from discbench.api import Backbone, Classifier, Discrepancy, FeatureSpec, LossContext, Tap, count_parameters
+from discbench.api import Backbone, Classifier, Discrepancy, FeatureSpec, LossContext, Tap
 from discbench.errors import DiscbenchError
 from discbench.registry import BACKBONES, LOSSES
 
@@ -133,6 +133,3 @@ def network_classifier(net: Backbone, network: str, backbone: str) -> Classifier
     """The final classifier of a network without exits."""
     return Classifier(network=network, backbone=backbone, exit=len(net.feature_specs), last=True)
 
-
-__all__ = ["PairedDiscrepancies", "build_backbone", "build_discrepancy", "classifier_costs", "count_parameters",
-           "counted", "frozen", "network_classifier"]
