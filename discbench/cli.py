@@ -233,7 +233,8 @@ def list_(what, config_path):
     bench = Bench.load(config_path)
     rows: list[tuple[str, str]]
     if what == "losses":
-        rows = [(name, _describe_loss(name, origin)) for name, origin in LOSSES.origins().items()]
+        rows = [(card.name, card.describe()) for card in _builtin_cards_if_alone()] or [
+            (name, _describe_loss(name, origin)) for name, origin in LOSSES.origins().items()]
         rows += [(name, f"baseline in {bench.path}: " + "; ".join(
                      f"{protocol}: {', '.join(sets) or 'protocol defaults'}" for protocol, sets in per.items()))
                  for name, per in bench.baselines().items()]
@@ -353,14 +354,25 @@ def teacher_import(checkpoint, backbone, dataset, seed, force, config_path, teac
 def _describe_loss(name: str, origin: str) -> str:
     """A row of ``list losses``: origin, protocols and hyper-parameters, or ``ERROR: ...`` for a broken plugin (the
     other rows are listed all the same)."""
+    from discbench.catalog import LossCard
     from discbench.registry import LOSSES
 
     problem = LOSSES.problem(name)
     if problem:
         return f"{origin}; ERROR: {problem}"
-    cls = LOSSES.get(name)
-    params = ", ".join(f"{k}={v!r}" for k, v in cls.hparams().items()) or "none"
-    return f"{origin}; protocols {', '.join(sorted(cls.protocols))}; hyper-parameters {params}"
+    return LossCard.of(LOSSES.get(name), origin).describe()
+
+
+def _builtin_cards_if_alone() -> list:
+    """The built-in losses' cards from their index, without importing torch; empty when a third-party plugin is
+    installed (its classes must be imported to be described, and to check its name against the built-ins) or when
+    the index is stale."""
+    from discbench.catalog import builtin_cards
+    from discbench.registry import entry_points
+
+    if entry_points("discbench.losses"):
+        return []
+    return builtin_cards() or []
 
 
 def _write_text(path: Path, text: str) -> None:

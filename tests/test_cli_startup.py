@@ -63,7 +63,34 @@ def test_leaderboard_writes_out_when_given(tmp_path, two_records):
     assert out.read_text().strip() == proc.stdout.strip() and f"wrote {out}" in proc.stderr
 
 
-def test_list_losses_does_not_import_torchvision():
+def test_list_losses_reads_the_builtin_index_without_importing_torch():
     proc, heavy = run_cli("list", "losses")
     assert proc.returncode == 0, proc.stderr
-    assert "torchvision" not in heavy  # the losses need torch, not torchvision
+    assert heavy == "[]"
+    assert "mi_x_si" in proc.stdout and "none " in proc.stdout  # built-in losses and bench.toml baselines
+
+
+def test_builtin_loss_index_is_current():
+    """``losses/index.json`` equals what the classes say (regenerate: python -m discbench.catalog --write)."""
+    from discbench.catalog import build_index, builtin_cards, index_text, losses_dir
+
+    assert (losses_dir() / "index.json").read_text() == index_text(build_index()), \
+        "losses/index.json is stale: run 'python -m discbench.catalog --write'"
+    assert builtin_cards() is not None
+
+
+def test_a_changed_loss_file_makes_the_index_stale_and_the_listing_imports(tmp_path):
+    """An edited built-in is never described from the old index: the cards are refused and the classes read."""
+    import shutil
+
+    from discbench.catalog import LossCard, builtin_cards, losses_dir
+    from discbench.registry import LOSSES
+
+    copy = tmp_path / "losses"
+    shutil.copytree(losses_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    cards = builtin_cards(copy)
+    assert cards == [LossCard.of(LOSSES.get(c.name), LOSSES.origins()[c.name]) for c in cards]
+    (copy / "kd.py").write_text((copy / "kd.py").read_text() + "\n# edited\n")
+    assert builtin_cards(copy) is None
+    (copy / "kd.py").unlink()  # a removed file, too
+    assert builtin_cards(copy) is None
