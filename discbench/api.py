@@ -8,6 +8,7 @@ discriminators); the runner puts its parameters into the optimizer, so a plugin 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from discbench.classifier import Classifier  # torch-free: run records and leaderboards read it too
+from discbench.ranges import Range  # torch-free: config.py checks hyper-parameters with it
 
 if TYPE_CHECKING:
     from discbench.config import RunConfig
@@ -130,7 +132,7 @@ class Discrepancy(nn.Module):
     protocol refuses the loss in one line), and implement ``forward``. Keyword arguments of ``__init__`` after the
     two specs are the plugin's hyper-parameters:
     ``bench.toml`` sets them under ``[losses.<name>]`` and ``--set loss.<key>=...`` overrides them, type-checked
-    against the defaults.
+    against the defaults and range-checked against ``ranges`` (``{"dim": Range(ge=1)}``; discbench.ranges).
     """
 
     name: ClassVar[str]
@@ -139,6 +141,7 @@ class Discrepancy(nn.Module):
     pairing: ClassVar[Pairing] = Pairing.TO_LAST
     detaches_target: ClassVar[bool] = True
     protocols: ClassVar[frozenset[str]] = frozenset({"self", "online", "offline"})  # where the method is defined
+    ranges: ClassVar[Mapping[str, Range]] = {}  # valid range of each numeric hyper-parameter (floats: finite anyway)
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec):
         super().__init__()

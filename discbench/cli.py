@@ -382,12 +382,16 @@ def _write_text(path: Path, text: str) -> None:
     click.echo(f"wrote {path}", err=True)
 
 
+INTERRUPTED = "interrupted: records of finished seeds are kept, the current seed wrote nothing"
+
+
 def main() -> None:
     """Console entry point: a ``DiscbenchError`` becomes one line on stderr and exit status 2."""
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C into Abort
+        interrupted = isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt)
+        click.echo(INTERRUPTED if interrupted else "aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
@@ -396,7 +400,7 @@ def main() -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo("interrupted: records of finished seeds are kept, the current seed wrote nothing", err=True)
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
 
 

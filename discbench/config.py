@@ -9,6 +9,7 @@ resolved value; values are parsed as TOML literals and checked against the field
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from typing import Any
 import tomllib
 
 from discbench.errors import DiscbenchError
+from discbench.ranges import FINITE, Range, within
 from discbench.registry import BACKBONES, LOSSES, PROTOCOLS, unknown_name_message
 
 SECTIONS = ("dataset", "recipe", "protocol", "loss", "runtime")
@@ -33,31 +35,43 @@ class DatasetConfig:
 
     name: str
     layout: str  # loader registered in discbench.data: idx | cifar-pickle | imagefolder-resident | imagefolder
-    channels: int
-    image_size: int
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    crop_padding: int
+    channels: int = field(metadata=within(ge=1))
+    image_size: int = field(metadata=within(ge=1))
+    num_classes: int = field(metadata=within(ge=2))
+    mean: tuple[float, ...] = field(metadata=within(min_len=1))
+    std: tuple[float, ...] = field(metadata=within(gt=0, min_len=1))
+    crop_padding: int = field(metadata=within(ge=0))
     flip: bool
+
+    def problems(self) -> list[tuple[str, Any, str]]:
+        """Constraints between fields: (key, value, what is wrong)."""
+        return [(key, getattr(self, key), f"must have one value per channel ({self.channels})")
+                for key in ("mean", "std") if len(getattr(self, key)) != self.channels]
 
 
 @dataclass(frozen=True)
 class RecipeConfig:
     """An optimisation budget: SGD with a step schedule (bench.toml ``[recipes.<budget>]``)."""
 
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
+    epochs: int = field(metadata=within(ge=1))
+    batch_size: int = field(metadata=within(ge=1))
+    lr: float = field(metadata=within(gt=0))
+    momentum: float = field(metadata=within(ge=0, lt=1))
     nesterov: bool
-    weight_decay: float
-    milestones: tuple[int, ...]
-    gamma: float
-    train_subset: int
-    test_subset: int
-    eval_every: int
-    eval_batch_size: int
+    weight_decay: float = field(metadata=within(ge=0))
+    milestones: tuple[int, ...] = field(metadata=within(ge=1))
+    gamma: float = field(metadata=within(gt=0, le=1))
+    train_subset: int = field(metadata=within(ge=0))  # 0: the whole split
+    test_subset: int = field(metadata=within(ge=0))
+    eval_every: int = field(metadata=within(ge=1))
+    eval_batch_size: int = field(metadata=within(ge=1))
+
+    def problems(self) -> list[tuple[str, Any, str]]:
+        """Constraints between fields: (key, value, what is wrong)."""
+        m = self.milestones
+        if any(b <= a for a, b in zip(m, m[1:], strict=False)) or (m and m[-1] >= self.epochs):
+            return [("milestones", list(m), f"must be strictly increasing epochs below epochs ({self.epochs})")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -179,13 +193,36 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def build(cls: type, table: Mapping[str, Any], where: str, **fixed: Any) -> Any:
-    """Instantiate the frozen dataclass ``cls`` from ``table``: unknown, missing or mistyped keys are errors."""
+def unknown_key_message(where: str, key: str, valid: Sequence[str]) -> str:
+    """``recipe 'smoke': unknown key 'epoch' (did you mean 'epochs'?); valid keys: ...`` (one line)."""
+    close = difflib.get_close_matches(key, valid, n=2, cutoff=0.5)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    return f"{where}: unknown key '{key}'{hint}; valid keys: {', '.join(valid)}"
+
+
+def out_of_range(where: str, key: str, value: Any, problem: str, section: str | None) -> DiscbenchError:
+    """``recipe 'smoke': epochs = 0 must be >= 1; fix it in bench.toml or with --set recipe.epochs=...``"""
+    fix = f"; fix it in the configuration file or with --set {section}.{key}=..." if section else ""
+    shown = list(value) if isinstance(value, tuple) else value
+    return DiscbenchError(f"{where}: {key} = {shown!r} {problem}{fix}")
+
+
+def check_ranges(values: Mapping[str, Any], ranges: Mapping[str, Range], where: str, section: str | None) -> None:
+    """Every value within its declared range; every float finite (``FINITE``) even without one."""
+    for key, value in values.items():
+        problem = ranges.get(key, FINITE).problem(value)
+        if problem:
+            raise out_of_range(where, key, value, problem, section)
+
+
+def build(cls: type, table: Mapping[str, Any], where: str, section: str | None = None, **fixed: Any) -> Any:
+    """Instantiate the frozen dataclass ``cls`` from ``table``: unknown, missing, mistyped or out-of-range keys
+    (ranges in the fields' metadata, constraints between fields in ``cls.problems``) are one-line errors."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
     unknown = sorted(set(table) - set(names))
     if unknown:
-        raise DiscbenchError(f"{where}: unknown key '{unknown[0]}'; valid keys: {', '.join(names)}")
+        raise DiscbenchError(unknown_key_message(where, unknown[0], names))
     missing = [
         f.name
         for f in dataclasses.fields(cls)
@@ -197,7 +234,12 @@ def build(cls: type, table: Mapping[str, Any], where: str, **fixed: Any) -> Any:
     if missing:
         raise DiscbenchError(f"{where}: missing key '{missing[0]}'")
     values = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in table.items()}
-    return cls(**values, **fixed)
+    check_ranges(values, {f.name: f.metadata["range"] for f in dataclasses.fields(cls) if "range" in f.metadata},
+                 where, section)
+    obj = cls(**values, **fixed)
+    for key, value, problem in getattr(obj, "problems", list)():
+        raise out_of_range(where, key, value, problem, section)
+    return obj
 
 
 def type_of_default(default: Any) -> Any:
@@ -253,7 +295,7 @@ class Suite:
     protocol: str
     datasets: tuple[str, ...]
     backbones: tuple[str, ...]
-    seeds: int
+    seeds: int = field(metadata=within(ge=1))
     budget: str
     rows: tuple[SuiteRow, ...]
     partners: tuple[str, ...] = ()
@@ -358,7 +400,7 @@ class Bench:
             sets["protocol"][key] = name
 
         ds_table = self._table("datasets", dataset, "dataset")
-        ds = build(DatasetConfig, {**ds_table, **sets["dataset"]}, f"dataset '{dataset}'", name=dataset)
+        ds = build(DatasetConfig, {**ds_table, **sets["dataset"]}, f"dataset '{dataset}'", "dataset", name=dataset)
 
         recipe_table = self._table("recipes", budget, "budget")
         per_dataset = recipe_table.pop("datasets", {})
@@ -368,13 +410,14 @@ class Bench:
             {**recipe_table, **per_dataset.get(dataset, {}), **per_protocol.get(recipe_protocol or protocol, {}),
              **sets["recipe"]},
             f"recipe '{budget}'",
+            "recipe",
         )
 
         proto_table = self.data["protocols"].get(protocol, {})
-        proto = build(proto_cls.Config, {**proto_table, **sets["protocol"]}, f"protocol '{protocol}'")
+        proto = build(proto_cls.Config, {**proto_table, **sets["protocol"]}, f"protocol '{protocol}'", "protocol")
         proto = self._resolve_partner(proto_cls, proto, backbone)
 
-        runtime = build(RuntimeConfig, {**self.data["runtime"], **sets["runtime"]}, "runtime")
+        runtime = build(RuntimeConfig, {**self.data["runtime"], **sets["runtime"]}, "runtime", "runtime")
         loss_cfg = self._resolve_loss(loss_name, sets["loss"])
 
         if label is None:
@@ -419,9 +462,10 @@ class Bench:
         values = {}
         for key, value in table.items():
             if key not in defaults:
-                raise DiscbenchError(f"loss '{name}': unknown key '{key}'; valid keys: {', '.join(defaults)}")
+                raise DiscbenchError(unknown_key_message(f"loss '{name}'", key, list(defaults)))
             values[key] = coerce(value, type_of_default(defaults[key]), f"loss '{name}'.{key}")
         merged = {**defaults, **values}
+        check_ranges(merged, {"beta": Range(ge=0), **cls.ranges}, f"loss '{name}'", "loss")
         beta = merged.pop("beta")
         return LossConfig(name=name, version=cls.version, beta=beta, hparams=dict(sorted(merged.items())))
 

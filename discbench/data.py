@@ -349,4 +349,19 @@ def open_dataset(cfg: DatasetConfig, recipe: RecipeConfig, device: torch.device,
     if isinstance(source, ResidentData) and tuple(source.train_x.shape[1:]) != expected:
         raise DiscbenchError(f"{cfg.name}: images are {tuple(source.train_x.shape[1:])}, bench.toml says "
                              f"{expected}")
+    check_labels(cfg, source)
     return source.subset(recipe.train_subset, recipe.test_subset)
+
+
+def check_labels(cfg: DatasetConfig, source: ResidentData | StreamedImageFolder) -> None:
+    """Every label is a class index below ``num_classes`` (checked once, when the dataset is opened)."""
+    if isinstance(source, ResidentData):
+        for split, y in (("training", source.train_y), ("test", source.test_y)):
+            low, high = (int(y.min()), int(y.max())) if len(y) else (0, 0)
+            if low < 0 or high >= cfg.num_classes:
+                bad = low if low < 0 else high
+                raise DiscbenchError(f"{cfg.name}: the {split} split has label {bad}, outside 0..{cfg.num_classes - 1}"
+                                     f"; set dataset.num_classes to the number of classes ({high + 1} or more)")
+    elif len(source.train.classes) > cfg.num_classes:
+        raise DiscbenchError(f"{cfg.name}: {len(source.train.classes)} class folders in the training split but "
+                             f"num_classes = {cfg.num_classes}; set dataset.num_classes accordingly")

@@ -16,3 +16,14 @@ class NonFiniteLossError(DiscbenchError):
             f"non-finite loss: {where} is {value} at epoch {epoch}, step {step}; "
             f"lower the learning rate or the term's weight (--set ...), or check the plugin"
         )
+
+
+class NonFiniteWeightsError(DiscbenchError):
+    """A parameter or buffer of the trained system is NaN or infinite at the end of an epoch."""
+
+    def __init__(self, name: str, epoch: int):
+        self.name, self.epoch = name, epoch
+        super().__init__(
+            f"non-finite weights: '{name}' is not finite after epoch {epoch + 1}; no record is written; lower the "
+            f"learning rate or the loss weights (--set ...)"
+        )

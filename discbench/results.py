@@ -5,6 +5,7 @@ and torchvision when a run writes its record."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -194,9 +195,31 @@ def new_record(cfg: RunConfig, seed: int, epochs: list[dict], classifiers: list[
     )
 
 
+LABEL_CHARS = 120  # of the label in a record's file name (the record holds the whole label): names stay < 255 bytes
+
+
+def check_writable(path: Path) -> None:
+    """Before training: ``path``'s directory can be created and written, and its name is not too long; a one-line
+    ``DiscbenchError`` otherwise (a probe file is written and removed)."""
+    path = Path(path)
+    limit = 255
+    with contextlib.suppress(OSError, ValueError):
+        limit = os.pathconf(next((p for p in path.parents if p.is_dir()), Path(".")), "PC_NAME_MAX")
+    if len(path.name.encode()) > limit:
+        raise DiscbenchError(f"record file name {path.name!r} is longer than {limit} bytes; shorten --label")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".tmp-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DiscbenchError(f"cannot write records to {path.parent}: {exc.strerror or exc}; pass a writable "
+                             f"--results-dir") from exc
+
+
 def record_path(results_dir: Path, cfg: RunConfig, seed: int) -> Path:
     """``<dir>/<dataset>/<budget>/<protocol>/<label>__<backbone>__<hash>__seed<k>.json``."""
-    label = re.sub(r"[^A-Za-z0-9_.+-]+", "-", cfg.label).strip("-") or "run"
+    label = re.sub(r"[^A-Za-z0-9_.+-]+", "-", cfg.label).strip("-")[:LABEL_CHARS].strip("-") or "run"
     name = f"{label}__{cfg.backbone}__{cfg.hash}__seed{seed}.json"
     return Path(results_dir) / cfg.dataset.name / cfg.budget / cfg.protocol_name / name
 
@@ -225,7 +248,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_record(path: Path, record: RunRecord) -> None:
-    atomic_write_text(path, json.dumps(record.to_dict(), indent=1) + "\n")
+    try:
+        text = json.dumps(record.to_dict(), indent=1, allow_nan=False)  # strict JSON: a NaN is never a result
+    except ValueError as exc:
+        raise DiscbenchError(f"record {path.name} holds a non-finite number ({exc}); it was not written") from exc
+    atomic_write_text(path, text + "\n")
 
 
 def load_records(results_dir: Path) -> list[RunRecord]:

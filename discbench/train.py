@@ -24,19 +24,27 @@ from torch import Tensor
 from discbench.api import LossContext, Protocol
 from discbench.config import Bench, RunConfig
 from discbench.contract import preflight
-from discbench.errors import DiscbenchError, NonFiniteLossError
-from discbench.kernels import select_impl
+from discbench.errors import DiscbenchError, NonFiniteLossError, NonFiniteWeightsError
+from discbench.kernels import record_impls, select_impl
 from discbench.registry import PROTOCOLS
-from discbench.results import RunRecord, find_record, new_record, record_path, write_record
+from discbench.results import RunRecord, check_writable, find_record, new_record, record_path, write_record
 from discbench.teachers import Teacher, TeacherStore, teacher_config
 
 
 def pick_device(requested: str | None = None) -> torch.device:
     """``requested`` ("cpu", "cuda", "cuda:1"), else CUDA when available, else CPU."""
     if requested:
-        device = torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except (RuntimeError, ValueError):
+            raise DiscbenchError(f"--device {requested}: not a device; use cpu, cuda or cuda:N") from None
+        if device.type not in ("cpu", "cuda"):
+            raise DiscbenchError(f"--device {requested}: discbench trains on cpu or cuda; use --device cpu or cuda")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise DiscbenchError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise DiscbenchError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA "
+                                 f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -58,7 +66,7 @@ def effective_runtime(cfg: RunConfig, device: torch.device) -> dict:
         "amp_bf16": cuda and cfg.runtime.amp_bf16,
         "channels_last": cfg.runtime.channels_last,
         "compile": cuda and cfg.runtime.compile,
-        "critic_impl": select_impl(device),
+        "critic_impl": None,  # the MI critic implementation(s) that ran, filled in after training (None: no critic)
         "threads": torch.get_num_threads(),
     }
 
@@ -86,6 +94,14 @@ def check_finite(terms: dict[str, Tensor], values: Tensor, step: int, epoch: int
         bad = [i for i, v in enumerate(values.tolist()) if not math.isfinite(v)]
         first = next((i for i in bad if i > 0), bad[0])  # a named term rather than the total when one is to blame
         raise NonFiniteLossError(names[first], step, epoch, values[first].item())
+
+
+def check_finite_weights(system: torch.nn.Module, epoch: int) -> None:
+    """Raise ``NonFiniteWeightsError`` naming the first parameter or buffer that is not finite (before evaluation:
+    a non-finite network never becomes a record)."""
+    for name, tensor in [*system.named_parameters(), *system.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteWeightsError(name, epoch)
 
 
 def summarize(means: dict[str, float]) -> str:
@@ -138,6 +154,8 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
         raise DiscbenchError(f"batch size {r.batch_size} exceeds the {data.num_train} training samples; lower "
                              f"recipe.batch_size or raise recipe.train_subset")
     epochs, step, train_seconds = [], 0, 0.0
+    critic_impl = select_impl(device)
+    critics_ran: set[str] = set()
     for epoch in range(r.epochs):
         epoch_start = time.time()
         sums: Tensor | None = None
@@ -151,8 +169,8 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
                 x = batch.x.contiguous(memory_format=torch.channels_last) if runtime["channels_last"] else batch.x
                 ctx = LossContext(step=step, epoch=epoch, protocol=cfg.protocol_name, labels=batch.y,
                                   indices=batch.idx, dataset_size=data.num_train, num_classes=cfg.dataset.num_classes,
-                                  critic_impl=runtime["critic_impl"])
-                with autocast:
+                                  critic_impl=critic_impl)
+                with autocast, record_impls(critics_ran):
                     out = step_fn(x, batch.y, ctx)
                 keys = list(out.terms)
                 values = torch.stack([out.total.detach().float(), *(v.float() for v in out.terms.values())])
@@ -164,6 +182,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
                 step += 1
                 epoch_steps += 1
                 bar.update(1, (keys, sums, epoch_steps))
+        check_finite_weights(system, epoch)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         train_seconds += time.time() - epoch_start
@@ -176,6 +195,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
                 print(f"  epoch {epoch + 1}: {summarize(means)} | top-1 {accs}", file=sys.stderr)
         epochs.append(record)
 
+    runtime["critic_impl"] = ", ".join(sorted(critics_ran)) or None
     images = step * r.batch_size
     record = new_record(
         cfg, seed, epochs, system.classifiers(), runtime=runtime, cost=cost,
@@ -225,11 +245,12 @@ def run_seeds(cfg: RunConfig, seeds: Iterable[int], results_dir: Path, device: t
             print(f"skip {cfg.label} | {cfg.backbone} | seed {seed}: {existing} exists (--force reruns it)",
                   file=sys.stderr)
             continue
+        path = existing if existing else record_path(results_dir, cfg, seed)
         if not checked:
+            check_writable(path)
             preflight(cfg, teacher=teacher.network if teacher else None)
             checked = True
         record = train(cfg, seed, data.get(cfg, device), device, progress=progress, teacher=teacher).record
-        path = existing if existing else record_path(results_dir, cfg, seed)
         write_record(path, record)
         print(f"wrote {path}: top-1 " + " ".join(f"{k} {v:.2f}" for k, v in record.final_top1.items()),
               file=sys.stderr)

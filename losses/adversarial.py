@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Tap
+from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Range, Tap
 from discbench.features import pooled
 from discbench.registry import LOSSES
 
@@ -102,6 +102,8 @@ class Adversarial(Discrepancy):
     tap = Tap.FEATURE
     pairing = Pairing.SAME_STAGE
     detaches_target = True
+
+    ranges = {"hidden": Range(ge=1), "reversal": Range(ge=0)}
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec, hidden: int = 256, reversal: float = 1.0):
         super().__init__(source, target)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Tap
+from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Range, Tap
 from discbench.features import match_spatial
 from discbench.registry import LOSSES
 
@@ -88,6 +88,8 @@ class AFD(Discrepancy):
     tap = Tap.FEATURE
     pairing = Pairing.LAST
     detaches_target = True
+
+    ranges = {"hidden": Range(ge=1)}
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec, hidden: int = 64):
         super().__init__(source, target)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Tap
+from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Range, Tap
 from discbench.features import match_spatial
 from discbench.registry import LOSSES
 
@@ -52,6 +52,8 @@ class AT(Discrepancy):
     tap = Tap.FEATURE
     pairing = Pairing.SAME_STAGE
     detaches_target = True
+
+    ranges = {"p": Range(gt=0)}
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec, p: float = 2.0):
         super().__init__(source, target)

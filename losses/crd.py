@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Tap
+from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Range, Tap
 from discbench.errors import DiscbenchError
 from discbench.features import pooled
 from discbench.registry import LOSSES
@@ -90,6 +90,8 @@ class CRD(Discrepancy):
     tap = Tap.FEATURE
     pairing = Pairing.LAST
     detaches_target = True
+
+    ranges = {"dim": Range(ge=1), "nce_k": Range(ge=1), "temperature": Range(gt=0), "momentum": Range(ge=0, le=1)}
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec, dim: int = 128, nce_k: int = 16384,
                  temperature: float = 0.07, momentum: float = 0.5):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from discbench.losses.kd import KD
 
-from discbench.api import FeatureSpec, Pairing, Tap
+from discbench.api import FeatureSpec, Pairing, Range, Tap
 from discbench.registry import LOSSES
 
 
@@ -38,6 +38,8 @@ class DML(KD):
     pairing = Pairing.LAST
     detaches_target = True
     protocols = frozenset({"online"})  # mutual learning needs a peer; in one network it would be KD with T = 1
+
+    ranges = {"temperature": Range(gt=0)}
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec, temperature: float = 1.0):
         super().__init__(source, target, temperature=temperature)

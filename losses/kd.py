@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Tap
+from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Range, Tap
 from discbench.functional import kd_divergence
 from discbench.registry import LOSSES
 
@@ -20,6 +20,8 @@ class KD(Discrepancy):
     tap = Tap.LOGITS
     pairing = Pairing.LAST
     detaches_target = True
+
+    ranges = {"temperature": Range(gt=0)}
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec, temperature: float = 4.0):
         super().__init__(source, target)

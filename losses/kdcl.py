@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Tap
+from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Range, Tap
 from discbench.functional import kd_divergence
 from discbench.registry import LOSSES
 
@@ -51,6 +51,8 @@ class KDCL(Discrepancy):
     pairing = Pairing.LAST
     detaches_target = True
     protocols = frozenset({"online"})  # an ensemble of peers needs peers
+
+    ranges = {"temperature": Range(gt=0)}
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec, temperature: float = 3.0):
         super().__init__(source, target)

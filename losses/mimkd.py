@@ -8,7 +8,7 @@ import math
 from discbench.losses.muse import InfoMaxEncoder, global_codes, local_codes
 from torch import Tensor
 
-from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Tap
+from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Range, Tap
 from discbench.kernels import nce_mi_loss
 from discbench.registry import LOSSES
 
@@ -56,6 +56,8 @@ class MIMKD(Discrepancy):
     tap = Tap.FEATURE
     pairing = Pairing.TO_LAST
     detaches_target = True
+
+    ranges = {"dim": Range(ge=1)}
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec, dim: int = 64):
         super().__init__(source, target)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Tap
+from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Range, Tap
 from discbench.features import match_spatial
 from discbench.registry import LOSSES
 
@@ -133,6 +133,8 @@ class MMD(KernelMMD):
     """
 
     name = "mmd"
+
+    ranges = {"degree": Range(ge=1), "offset": Range(ge=0)}
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec, degree: int = 2, offset: float = 0.0):
         super().__init__(source, target)

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Tap
+from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Range, Tap
 from discbench.features import locations, pooled
 from discbench.kernels import jsd_mi_loss, select_impl
 from discbench.registry import LOSSES
@@ -183,6 +183,8 @@ class MUSE(Discrepancy):
     tap = Tap.FEATURE
     uses_mi: ClassVar[bool] = True
     uses_si: ClassVar[bool] = True
+
+    ranges = {"dim": Range(ge=1)}
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec, dim: int = 64):
         super().__init__(source, target)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Tap
+from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Range, Tap
 from discbench.features import match_spatial
 from discbench.registry import LOSSES
 
@@ -65,6 +65,8 @@ class VID(Discrepancy):
     tap = Tap.FEATURE
     pairing = Pairing.SAME_STAGE
     detaches_target = True
+
+    ranges = {"mid_channels": Range(ge=0), "init_variance": Range(gt=0), "eps": Range(gt=0)}
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec, mid_channels: int = 0, init_variance: float = 5.0,
                  eps: float = 1e-5):

@@ -9,9 +9,10 @@ trainer writes the implementation into each run record. ``CRITICS`` is the table
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -71,12 +72,33 @@ def available_impls(device: torch.device | str = "cpu") -> list[str]:
     return [impl for impl in IMPLS if impl != "triton" or triton_usable(device)]
 
 
+_RAN: list[set[str]] = []  # open ``record_impls`` scopes
+
+
+@contextlib.contextmanager
+def record_impls(ran: set[str]) -> Iterator[set[str]]:
+    """Add to ``ran`` the implementations that critic calls inside the ``with`` block run (the trainer records them:
+    a run without a critic records none)."""
+    _RAN.append(ran)
+    try:
+        yield ran
+    finally:
+        _RAN.remove(ran)
+
+
+def _dispatch(loss: str, local: Tensor, global_: Tensor, impl: str | None) -> Tensor:
+    impl = impl or select_impl(local.device)
+    for ran in _RAN:
+        ran.add(impl)
+    return CRITICS[loss][impl](local, global_)
+
+
 def jsd_mi_loss(local: Tensor, global_: Tensor, impl: str | None = None) -> Tensor:
     """MUSE Eq. 5 JSD critic loss over local/global views, dispatched to ``impl`` (default: ``select_impl``).
 
     Shape: local (B, N, D), global_ (B, D) -> scalar (fp32).
     """
-    return CRITICS["jsd"][impl or select_impl(local.device)](local, global_)
+    return _dispatch("jsd", local, global_, impl)
 
 
 def nce_mi_loss(local: Tensor, global_: Tensor, impl: str | None = None) -> Tensor:
@@ -84,4 +106,4 @@ def nce_mi_loss(local: Tensor, global_: Tensor, impl: str | None = None) -> Tens
 
     Shape: local (B, N, D), global_ (B, D) -> scalar (fp32).
     """
-    return CRITICS["nce"][impl or select_impl(local.device)](local, global_)
+    return _dispatch("nce", local, global_, impl)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -19,6 +19,7 @@ from discbench.protocols.base import (
     frozen,
     network_classifier,
 )
+from discbench.ranges import within
 from discbench.registry import PROTOCOLS
 
 if TYPE_CHECKING:
@@ -47,11 +48,11 @@ class OfflineDistillation(Protocol):
 
     @dataclass(frozen=True)
     class Config:
-        ce_weight: float
-        kd_weight: float
-        kd_temperature: float
+        ce_weight: float = field(metadata=within(ge=0))
+        kd_weight: float = field(metadata=within(ge=0))
+        kd_temperature: float = field(metadata=within(gt=0))
         teacher: str = ""  # teacher backbone (discbench teacher list)
-        teacher_seed: int = 0
+        teacher_seed: int = field(default=0, metadata=within(ge=0))
         teacher_budget: str = ""  # the recipe the teacher was trained with; "" = the student's budget
 
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -12,6 +12,7 @@ from torch import Tensor
 from discbench.api import Backbone, Classifier, LossContext, Protocol, StepOutput, count_parameters
 from discbench.functional import kd_divergence
 from discbench.protocols.base import PairedDiscrepancies, build_backbone, classifier_costs, network_classifier
+from discbench.ranges import within
 from discbench.registry import PROTOCOLS
 
 if TYPE_CHECKING:
@@ -39,8 +40,8 @@ class OnlineDistillation(Protocol):
 
     @dataclass(frozen=True)
     class Config:
-        kd_weight: float
-        kd_temperature: float
+        kd_weight: float = field(metadata=within(ge=0))
+        kd_temperature: float = field(metadata=within(gt=0))
         peer: str = ""  # backbone of net2; resolved to the run's backbone when empty
 
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -24,6 +24,7 @@ from discbench.api import (
 from discbench.errors import DiscbenchError
 from discbench.functional import kd_divergence
 from discbench.protocols.base import build_backbone, build_discrepancy, classifier_costs
+from discbench.ranges import within
 from discbench.registry import LOSSES, PROTOCOLS
 
 if TYPE_CHECKING:
@@ -86,9 +87,9 @@ class SelfDistillation(Protocol):
     @dataclass(frozen=True)
     class Config:
         exits: bool
-        exit_ce_weight: float
-        kd_weight: float
-        kd_temperature: float
+        exit_ce_weight: float = field(metadata=within(ge=0))
+        kd_weight: float = field(metadata=within(ge=0))
+        kd_temperature: float = field(metadata=within(gt=0))
 
     @classmethod
     def is_baseline(cls, cfg: RunConfig) -> bool:
