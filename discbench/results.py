@@ -207,6 +207,7 @@ def check_writable(path: Path) -> None:
         limit = os.pathconf(next((p for p in path.parents if p.is_dir()), Path(".")), "PC_NAME_MAX")
     if len(path.name.encode()) > limit:
         raise DiscbenchError(f"record file name {path.name!r} is longer than {limit} bytes; shorten --label")
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".tmp-probe-")
@@ -215,6 +216,10 @@ def check_writable(path: Path) -> None:
     except OSError as exc:
         raise DiscbenchError(f"cannot write records to {path.parent}: {exc.strerror or exc}; pass a writable "
                              f"--results-dir") from exc
+    finally:
+        for directory in created:  # deepest first: leave the tree as it was (the record's writer makes them again)
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def record_path(results_dir: Path, cfg: RunConfig, seed: int) -> Path:

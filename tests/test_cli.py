@@ -90,7 +90,7 @@ def test_same_seed_same_numbers(tmp_path, capsys, monkeypatch):
     (["run", "--loss", "l2", "--backbone", "resnet19"], "unknown backbone 'resnet19'"),
     (["run", "--loss", "l2", "--dataset", "cifar1000"], "unknown dataset 'cifar1000'"),
     (["run", "--loss", "l2", "--budget", "smokey"], "unknown budget 'smokey'"),
-    (["run", "--loss", "l2", "--set", "recipe.lrate=1"], "unknown key 'lrate' (did you mean 'lr'?); valid keys: epochs"),
+    (["run", "--loss", "l2", "--set", "recipe.lrate=1"], "unknown key 'lrate' (did you mean 'lr'?); valid keys: epo"),
     (["run", "--loss", "l2", "--dataset", "cifar100"], "cifar100 needs a data directory: pass --data-dir"),
     (["run", "--loss", "l2", "--dataset", "cifar100", "--data-dir", "/nonexistent"],
      "cifar100 not found: expected /nonexistent/"),

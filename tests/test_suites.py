@@ -132,3 +132,18 @@ def test_table7_rows_columns_and_weights(name, labels, pairs):
         assert (r.epochs, r.batch_size, r.lr, r.milestones, r.weight_decay) == (240, 64, 0.05, (150, 180, 210), 5e-4)
     else:  # online follows MUSE §4.1
         assert offline.recipe.epochs == 200 and offline.recipe.milestones == (75, 130, 180)
+
+
+def test_zoo_smoke_suites_hold_every_loss_once_per_protocol_that_defines_it(bench):
+    """`zoo-smoke`, `zoo-smoke-online` and `zoo-smoke-offline` run every registered loss (built-in) under each
+    protocol it supports, and each protocol's baselines: adding a loss without adding it there fails here."""
+    from discbench.registry import LOSSES
+
+    for name, protocol in (("zoo-smoke", "self"), ("zoo-smoke-online", "online"), ("zoo-smoke-offline", "offline")):
+        suite = bench.suite(name)
+        assert suite.protocol == protocol and suite.seeds == 1
+        rows = [row.loss for row in suite.rows]
+        assert len(rows) == len(set(rows))
+        expected = {loss for loss in LOSSES.names() if protocol in LOSSES.get(loss).protocols}
+        expected |= {b for b, per in bench.baselines().items() if protocol in per}
+        assert set(rows) == expected, name
