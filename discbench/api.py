@@ -50,7 +50,7 @@ class FeatureSpec:
         return side
 
 
-class Tap(str, Enum):
+class Tap(str, Enum):  # noqa: UP042 (a StrEnum would change str() of the members)
     """Which tensor of a module a discrepancy compares.
 
     FEATURE: the module's output map F_i (the target is the last module's F_T).
@@ -63,7 +63,7 @@ class Tap(str, Enum):
     LOGITS = "logits"
 
 
-class Pairing(str, Enum):
+class Pairing(str, Enum):  # noqa: UP042 (as Tap)
     """Which (source module, target module) pairs a two-network protocol (online, offline) feeds to the plugin.
 
     TO_LAST: every earlier module i < T of the trained network to the other network's last module T (MUSE §4

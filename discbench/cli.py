@@ -1,4 +1,4 @@
-"""The ``discbench`` command line: run, sweep, leaderboard, bench, list.
+"""The ``discbench`` command line: run, sweep, leaderboard, list, validate, bench, train-teacher, teacher.
 
 Every command imports what it needs inside its own body: ``discbench --help``, ``list budgets``, ``list suites``,
 ``leaderboard`` (without ``--suite``) and ``validate --help`` never import torch, torchvision or a plugin.

@@ -13,14 +13,13 @@ import difflib
 import hashlib
 import json
 import os
+import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from discbench.errors import DiscbenchError
 from discbench.ranges import FINITE, Range, within

@@ -235,6 +235,13 @@ def load_cifar(cfg: DatasetConfig, root: Path | None, download: bool) -> Arrays:
     return read(train_files), read(test_files)
 
 
+IMAGE_FOLDER_SOURCES = {  # where to get each ImageFolder dataset (neither can be downloaded by torchvision)
+    "tiny-imagenet-200": "http://cs231n.stanford.edu/tiny-imagenet-200.zip (unzip it into DIR)",
+    "imagenet": "https://image-net.org/download.php (ILSVRC2012 train and val, after registering; val sorted into "
+                "one folder per wnid)",
+}
+
+
 def _image_folder_root(cfg: DatasetConfig, root: Path | None, folder_name: str) -> Path:
     if root is None:
         raise DiscbenchError(f"{cfg.name} needs a data directory: pass --data-dir DIR where DIR/{folder_name}/train "
@@ -242,7 +249,7 @@ def _image_folder_root(cfg: DatasetConfig, root: Path | None, folder_name: str) 
     base = root / folder_name if (root / folder_name).is_dir() else root
     if not (base / "train").is_dir() or not (base / "val").is_dir():
         raise DiscbenchError(f"{cfg.name} not found: expected {base}/train and {base}/val (ImageFolder layout, one "
-                             f"folder per class); torchvision cannot download it, see the README")
+                             f"folder per class); get it from {IMAGE_FOLDER_SOURCES[folder_name]}")
     return base
 
 
