@@ -152,6 +152,11 @@ class Discrepancy(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def problems(cls, hparams: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+        """Constraints between hyper-parameters (each already within its range): (key, value, what is wrong)."""
+        return []
+
+    @classmethod
     def hparams(cls) -> dict[str, Any]:
         """The plugin's hyper-parameters with their defaults, read from the signature of ``__init__``."""
         params = list(inspect.signature(cls.__init__).parameters.values())[3:]

@@ -465,6 +465,8 @@ class Bench:
             values[key] = coerce(value, type_of_default(defaults[key]), f"loss '{name}'.{key}")
         merged = {**defaults, **values}
         check_ranges(merged, {"beta": Range(ge=0), **cls.ranges}, f"loss '{name}'", "loss")
+        for key, value, problem in cls.problems(merged):
+            raise out_of_range(f"loss '{name}'", key, value, problem, "loss")
         beta = merged.pop("beta")
         return LossConfig(name=name, version=cls.version, beta=beta, hparams=dict(sorted(merged.items())))
 

@@ -21,6 +21,8 @@ in ``plugin.parameters()`` and the runner trains it with everything else.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +69,12 @@ class VID(Discrepancy):
     detaches_target = True
 
     ranges = {"mid_channels": Range(ge=0), "init_variance": Range(gt=0), "eps": Range(gt=0)}
+
+    @classmethod
+    def problems(cls, hparams: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+        if hparams["init_variance"] <= hparams["eps"]:
+            return [("init_variance", hparams["init_variance"], f"must exceed eps ({hparams['eps']:g})")]
+        return []
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec, mid_channels: int = 0, init_variance: float = 5.0,
                  eps: float = 1e-5):

@@ -87,6 +87,11 @@ RANGE_CASES = [
     ("loss.beta=nan", "loss 'mi': beta = nan must be >= 0"),
     ("loss.dim=0", "loss 'mi': dim = 0 must be >= 1"),
 ]
+RANGE_CASES_OTHER_LOSSES = [
+    ("vid", "loss.init_variance=1e-6", "loss 'vid': init_variance = 1e-06 must exceed eps (1e-05)"),
+    ("crd", "loss.temperature=0", "loss 'crd': temperature = 0.0 must be > 0"),
+    ("crd", "loss.momentum=1.5", "loss 'crd': momentum = 1.5 must be in [0, 1]"),
+]
 
 
 @pytest.mark.parametrize("override,message", RANGE_CASES, ids=[c[0] for c in RANGE_CASES])
@@ -98,6 +103,15 @@ def test_out_of_range_values_are_one_line_before_any_data_loads(tmp_path, capsys
     res = tmp_path / "runs"
     status, _, err = discbench(capsys, monkeypatch, "run", "--loss", "mi", "--backbone", "smallnet", "--seeds", "1",
                                "--results-dir", str(res), "--quiet", "--set", override)
+    assert_one_line_exit_2(status, err, message, res)
+
+
+@pytest.mark.parametrize("loss,override,message", RANGE_CASES_OTHER_LOSSES,
+                         ids=[c[1] for c in RANGE_CASES_OTHER_LOSSES])
+def test_plugin_ranges_and_constraints_are_one_line(tmp_path, capsys, monkeypatch, no_training, loss, override,
+                                                    message):
+    res = tmp_path / "runs"
+    status, _, err = run_smallnet(capsys, monkeypatch, res, "--loss", loss, sets=[override])
     assert_one_line_exit_2(status, err, message, res)
 
 
