@@ -35,8 +35,9 @@ from torch import nn
 from torchvision.models import densenet, efficientnet, vgg
 
 from discbench.api import Backbone, FeatureSpec
-from discbench.backbones.resnet import CIFAR_STEM_MAX_SIZE
 from discbench.registry import BACKBONES
+
+from .resnet import CIFAR_STEM_MAX_SIZE
 
 
 def _conv_like(conv: nn.Conv2d, in_channels: int, kernel_size: int | None = None, stride: int | None = None,
