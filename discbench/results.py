@@ -197,7 +197,8 @@ def new_record(cfg: RunConfig, seed: int, epochs: list[dict], classifiers: list[
 def record_path(results_dir: Path, cfg: RunConfig, seed: int) -> Path:
     """``<dir>/<dataset>/<budget>/<protocol>/<label>__<backbone>__<hash>__seed<k>.json``."""
     label = re.sub(r"[^A-Za-z0-9_.+-]+", "-", cfg.label).strip("-") or "run"
-    name = f"{label}__{cfg.backbone}__{cfg.hash}__seed{seed}.json"
+    backbone = cfg.backbone.replace(":", "+")  # tv:NAME, timm:NAME: no ':' in file names (Windows, URLs)
+    name = f"{label}__{backbone}__{cfg.hash}__seed{seed}.json"
     return Path(results_dir) / cfg.dataset.name / cfg.budget / cfg.protocol_name / name
 
 
