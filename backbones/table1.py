@@ -59,8 +59,18 @@ class VGG19BN(Backbone):
     def __init__(self, in_channels: int, num_classes: int, image_size: int):
         super().__init__()
         cifar = image_size <= CIFAR_STEM_MAX_SIZE
-        net = vgg.vgg19_bn(num_classes=num_classes)
-        features = net.features
+        if cifar:  # torchvision's VGG-19-BN layers (configuration "E"), without its 120 M-parameter classifier
+            net, features = None, vgg.make_layers(vgg.cfgs["E"], batch_norm=True)
+            for m in features.modules():  # torchvision's VGG initialisation (VGG.__init__, init_weights=True)
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+        else:
+            net = vgg.vgg19_bn(num_classes=num_classes)
+            features = net.features
         if in_channels != 3:
             features[0] = _conv_like(features[0], in_channels)
         pools = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
