@@ -1,4 +1,4 @@
-"""ResNet-18/34/50 from torchvision, decomposed into their 4 stages (MUSE §4.1: "each stage is a module").
+"""ResNet-18/34/50/101/152 from torchvision, decomposed into their 4 stages (MUSE §4.1: "each stage is a module").
 
 Inputs up to 64x64 (CIFAR, Tiny-ImageNet) get the CIFAR stem: a 3x3 stride-1 convolution and no max-pool, as in
 BYOT and RepDistiller; larger inputs keep torchvision's ImageNet stem (7x7 stride 2 and max-pool). The input
@@ -55,3 +55,15 @@ class ResNet34(TorchvisionResNet):
 class ResNet50(TorchvisionResNet):
     name = "resnet50"
     builder = staticmethod(resnet.resnet50)
+
+
+@BACKBONES.register()
+class ResNet101(TorchvisionResNet):
+    name = "resnet101"
+    builder = staticmethod(resnet.resnet101)
+
+
+@BACKBONES.register()
+class ResNet152(TorchvisionResNet):
+    name = "resnet152"
+    builder = staticmethod(resnet.resnet152)

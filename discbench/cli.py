@@ -228,7 +228,7 @@ def _int_list(text: str, option: str) -> list[int]:
 def list_(what, config_path):
     """Show registered names and where each comes from."""
     from discbench.config import Bench
-    from discbench.registry import BACKBONES, DATASETS, LOSSES, PROTOCOLS
+    from discbench.registry import DATASETS, LOSSES, PROTOCOLS
 
     bench = Bench.load(config_path)
     rows: list[tuple[str, str]]
@@ -238,8 +238,11 @@ def list_(what, config_path):
         rows += [(name, f"baseline in {bench.path}: " + "; ".join(
                      f"{protocol}: {', '.join(sets) or 'protocol defaults'}" for protocol, sets in per.items()))
                  for name, per in bench.baselines().items()]
-    elif what == "backbones":
-        rows = list(BACKBONES.origins().items())
+    elif what == "backbones":  # declared numbers (a test checks them): listing imports no torch
+        from discbench.backbone_catalog import REFERENCE_INPUT, listing
+
+        click.echo(f"parameters and modules (channels@reduction) for {REFERENCE_INPUT}")
+        rows = listing()
     elif what == "protocols":
         rows = [(name, f"{origin}; second network: --{PROTOCOLS.get(name).partner}" if PROTOCOLS.get(name).partner
                  else origin) for name, origin in PROTOCOLS.origins().items()]
@@ -256,14 +259,27 @@ def list_(what, config_path):
 
 
 @cli.command()
-@click.option("--loss", required=True, help="A registered loss, built-in or from another package (discbench list "
-                                            "losses).")
-def validate(loss):
-    """Run the plugin contract suite (discbench.contract) on one loss: one line per check, then a summary.
+@click.option("--loss", default=None, help="A registered loss, built-in or from another package (discbench list "
+                                           "losses).")
+@click.option("--backbone", default=None, help="A backbone (discbench list backbones), tv:NAME or timm:NAME.")
+@click.option("--dataset", "datasets", multiple=True, help="With --backbone: check at this dataset's input shape "
+                                                           "(repeatable; default: fashion-mnist and cifar100).")
+@config_option
+def validate(loss, backbone, datasets, config_path):
+    """Run the plugin contract suite (discbench.contract) on one loss, or the backbone contract on one backbone
+    (four modules, specs against real shapes, every parameter trains at batch 2): one line per check, then a
+    summary.
 
     A check that needs one that failed is skipped (SKIP). Exit status 0 when every check passes, 1 when any fails,
-    2 for an unknown loss or a plugin that cannot be loaded.
+    2 for an unknown loss or backbone, a plugin that cannot be loaded or a backbone that cannot be built.
     """
+    if (loss is None) == (backbone is None):
+        raise click.UsageError("give exactly one of --loss NAME and --backbone NAME")
+    if backbone is not None:
+        _validate_backbone(backbone, datasets, config_path)
+        return
+    if datasets:
+        raise click.UsageError("--dataset goes with --backbone")
     from discbench.contract import validate as run_contract
     from discbench.registry import LOSSES
 
@@ -281,6 +297,29 @@ def validate(loss):
                + (f", {skipped} skipped" if skipped else ""))
     if failed:
         sys.exit(1)  # not ctx.exit: main() runs click with standalone_mode=False, which swallows Exit codes
+
+
+def _validate_backbone(name, datasets, config_path):
+    from discbench.backbone_check import InputCase, run_backbone_checks
+    from discbench.config import Bench
+    from discbench.registry import unknown_name_message
+
+    bench = Bench.load(config_path)
+    cases = []
+    for ds in datasets or ("fashion-mnist", "cifar100"):
+        table = bench.data["datasets"].get(ds)
+        if table is None:
+            raise DiscbenchError(unknown_name_message("dataset", ds, bench.names("datasets")))
+        cases.append(InputCase(ds, table["channels"], table["image_size"], table["num_classes"]))
+    results = list(run_backbone_checks(name, cases))
+    width = max(len(r.check) for r in results)
+    for r in results:
+        click.echo(f"{'PASS' if r.passed else 'FAIL'}  {r.check:<{width}}  {r.detail}")
+    failed = sum(not r.passed for r in results)
+    click.echo(f"{name}: {len(results) - failed}/{len(results)} checks passed" + (f", {failed} failed" if failed
+                                                                                   else ""))
+    if failed:
+        sys.exit(1)
 
 
 @cli.command(name="train-teacher")

@@ -282,6 +282,9 @@ class SuiteRow:
     overrides: tuple[str, ...]
 
 
+SUITE_LAYOUTS = ("modules", "compression")
+
+
 @dataclass(frozen=True)
 class Suite:
     """A table of bench.toml: rows (losses or baselines) x datasets x backbones, under one protocol.
@@ -298,6 +301,7 @@ class Suite:
     budget: str
     rows: tuple[SuiteRow, ...]
     partners: tuple[str, ...] = ()
+    layout: str = "modules"  # how the leaderboard renders it: "modules" (Tables 1/6/7) or "compression" (Table 3)
 
     def columns(self) -> list[tuple[str, str | None]]:
         """(backbone, partner) per column; partner None for one-network protocols."""
@@ -493,6 +497,8 @@ class Bench:
         if not rows:
             raise DiscbenchError(f"{where}: no rows")
         suite = build(Suite, table, where, name=name, rows=tuple(rows))
+        if suite.layout not in SUITE_LAYOUTS:
+            raise DiscbenchError(f"{where}: unknown layout '{suite.layout}'; valid: {', '.join(SUITE_LAYOUTS)}")
         key = PROTOCOLS.get(suite.protocol).partner
         if bool(suite.partners) != bool(key) or (key and len(suite.partners) != len(suite.backbones)):
             need = f"one partner ({key}) per backbone" if key else "no partners"

@@ -230,4 +230,10 @@ def render_suite(suite: Suite, configs: list[RunConfig], seeds: int, records: It
             if r.request_hash in label_of and r.seed < seeds]
     if not mine:
         raise DiscbenchError(f"suite '{suite.name}' has no run records yet; run 'discbench sweep --suite {suite.name}'")
+    if suite.layout == "compression":  # MUSE Table 3
+        from discbench.compression import render_compression
+
+        order = {row.label: i for i, row in enumerate(suite.rows)}
+        return render_compression(sorted(mine, key=lambda r: order.get(r.label, len(order))),
+                                  title=f"suite `{suite.name}`")
     return render(mine, title=f"suite `{suite.name}`", order=[row.label for row in suite.rows])

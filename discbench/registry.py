@@ -285,6 +285,43 @@ def unknown_name_message(kind: str, key: str, valid: Iterable[str]) -> str:
 
 LOSSES: Registry = Registry("loss", builtin_package="discbench.losses", entry_point_group="discbench.losses",
                             base="discbench.api:Discrepancy", check=_check_loss)
-BACKBONES: Registry = Registry("backbone", builtin_package="discbench.backbones")
+class BackboneRegistry(Registry):
+    """The backbone registry: the built-ins, plus ``tv:NAME`` (any torchvision classifier) and ``timm:NAME`` (any
+    timm model with feature support), whose classes ``discbench.backbones.adapters`` makes on first use."""
+
+    prefixes = ("tv:", "timm:")
+
+    def get(self, key: str):
+        if key.startswith(self.prefixes):
+            if key not in self._entries:
+                from discbench.backbones.adapters import adapter_class
+
+                self._entries[key] = adapter_class(key)
+                self._origins[key] = f"adapter ({key.partition(':')[0]})"
+                self._sources[key] = _builtin_source(self._entries[key])
+            return self._entries[key]
+        self._load()
+        if key not in self._entries:
+            raise DiscbenchError(unknown_name_message(self.kind, key, self.names())
+                                 + "; or tv:NAME (any torchvision classifier), timm:NAME (any timm model with "
+                                   "features_only)")
+        return self._entries[key]
+
+    def names(self) -> list[str]:
+        """The built-in (and registered) names; adapted ``tv:``/``timm:`` names are not listed."""
+        self._load()
+        return sorted(k for k in [*self._entries, *self._lazy] if not k.startswith(self.prefixes))
+
+    def __contains__(self, key: str) -> bool:
+        if key.startswith(self.prefixes):
+            try:
+                self.get(key)
+            except DiscbenchError:
+                return False
+            return True
+        return key in self.names()
+
+
+BACKBONES: Registry = BackboneRegistry("backbone", builtin_package="discbench.backbones")
 DATASETS: Registry = Registry("dataset", builtin_package="discbench.data")
 PROTOCOLS: Registry = Registry("protocol", builtin_package="discbench.protocols")

@@ -225,7 +225,8 @@ def check_writable(path: Path) -> None:
 def record_path(results_dir: Path, cfg: RunConfig, seed: int) -> Path:
     """``<dir>/<dataset>/<budget>/<protocol>/<label>__<backbone>__<hash>__seed<k>.json``."""
     label = re.sub(r"[^A-Za-z0-9_.+-]+", "-", cfg.label).strip("-")[:LABEL_CHARS].strip("-") or "run"
-    name = f"{label}__{cfg.backbone}__{cfg.hash}__seed{seed}.json"
+    backbone = cfg.backbone.replace(":", "+")  # tv:NAME, timm:NAME: no ':' in file names (Windows, URLs)
+    name = f"{label}__{backbone}__{cfg.hash}__seed{seed}.json"
     return Path(results_dir) / cfg.dataset.name / cfg.budget / cfg.protocol_name / name
 
 

@@ -38,8 +38,8 @@ def two_records(tmp_path):
     return root
 
 
-@pytest.mark.parametrize("args", [["--help"], ["list", "budgets"], ["list", "suites"], ["validate", "--help"],
-                                  ["run", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["list", "budgets"], ["list", "suites"], ["list", "backbones"],
+                                  ["validate", "--help"], ["run", "--help"]])
 def test_help_and_lists_import_no_torch(args):
     proc, heavy = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
