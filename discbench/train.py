@@ -27,7 +27,9 @@ from discbench.contract import preflight
 from discbench.errors import DiscbenchError, NonFiniteLossError
 from discbench.kernels import select_impl
 from discbench.registry import PROTOCOLS
-from discbench.results import RunRecord, find_record, new_record, record_path, write_record
+from discbench.records import existing_valid, remove_orphans
+from discbench.results import (RunRecord, find_record, new_record, peak_memory, record_path, reset_peak_memory,
+                               write_record)
 from discbench.teachers import Teacher, TeacherStore, teacher_config
 
 
@@ -117,6 +119,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
     """Train one seed of ``cfg`` on ``data`` (against ``teacher`` for protocols that need one)."""
     started = time.time()
     seed_everything(seed, device)
+    reset_peak_memory(device)
     runtime = effective_runtime(cfg, device)
     system = PROTOCOLS.get(cfg.protocol_name)(cfg, teacher=teacher.network if teacher else None).to(device)
     if runtime["channels_last"]:
@@ -138,6 +141,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
         raise DiscbenchError(f"batch size {r.batch_size} exceeds the {data.num_train} training samples; lower "
                              f"recipe.batch_size or raise recipe.train_subset")
     epochs, step, train_seconds = [], 0, 0.0
+    history = TermHistory(steps_per_epoch * r.epochs)
     for epoch in range(r.epochs):
         epoch_start = time.time()
         sums: Tensor | None = None
@@ -161,6 +165,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
                 out.total.backward()
                 optimizer.step()
                 sums = values if sums is None else sums + values
+                history.add(["loss", *keys], values)
                 step += 1
                 epoch_steps += 1
                 bar.update(1, (keys, sums, epoch_steps))
@@ -178,12 +183,38 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
 
     images = step * r.batch_size
     record = new_record(
-        cfg, seed, epochs, system.classifiers(), runtime=runtime, cost=cost,
+        cfg, seed, epochs, system.classifiers(), runtime=runtime, cost={**cost, "peak_memory": peak_memory(device)},
         timing={"wall_seconds": time.time() - started, "train_seconds": train_seconds, "steps": step,
                 "images_per_second": images / train_seconds, "steps_per_second": step / train_seconds},
-        teacher=teacher.summary() if teacher else None,
+        teacher=teacher.summary() if teacher else None, term_history=history.to_dict(),
     )
     return TrainedRun(record, system)
+
+
+class TermHistory:
+    """Every loss term averaged over windows of ``every`` steps (MUSE Figs. 2 and 3 plot them over training), with
+    ``every`` chosen so that a run keeps at most ``max_points`` points per term: records stay small."""
+
+    def __init__(self, total_steps: int, max_points: int = 100):
+        self.every = max(1, math.ceil(total_steps / max_points))
+        self.steps: list[int] = []
+        self.rows: list[list[float]] = []
+        self.keys: list[str] = []
+        self._sum: Tensor | None = None
+        self._count = 0
+
+    def add(self, keys: list[str], values: Tensor) -> None:
+        self.keys = keys
+        self._sum = values if self._sum is None else self._sum + values
+        self._count += 1
+        if self._count == self.every:
+            self.rows.append((self._sum / self._count).tolist())
+            self.steps.append((len(self.steps) + 1) * self.every)
+            self._sum, self._count = None, 0
+
+    def to_dict(self) -> dict:
+        return {"every": self.every, "steps": self.steps,
+                "terms": {k: [round(row[i], 5) for row in self.rows] for i, k in enumerate(self.keys)}}
 
 
 class DataCache:
@@ -219,8 +250,9 @@ def run_seeds(cfg: RunConfig, seeds: Iterable[int], results_dir: Path, device: t
         cfg = teachers.attach(bench or Bench.load(), cfg)
         teacher = teachers.load(cfg, device)
     written, checked = [], False
+    remove_orphans(Path(results_dir) / cfg.dataset.name / cfg.budget / cfg.protocol_name)
     for seed in seeds:
-        existing = find_record(results_dir, cfg, seed)
+        existing = existing_valid(find_record(results_dir, cfg, seed), note=lambda m: print(m, file=sys.stderr))
         if existing and not force:
             print(f"skip {cfg.label} | {cfg.backbone} | seed {seed}: {existing} exists (--force reruns it)",
                   file=sys.stderr)
