@@ -26,10 +26,10 @@ from discbench.config import Bench, RunConfig
 from discbench.contract import preflight
 from discbench.errors import DiscbenchError, NonFiniteLossError
 from discbench.kernels import select_impl
-from discbench.registry import PROTOCOLS
 from discbench.records import existing_valid, remove_orphans
-from discbench.results import (RunRecord, find_record, new_record, peak_memory, record_path, reset_peak_memory,
-                               write_record)
+from discbench.registry import PROTOCOLS
+from discbench.results import RunRecord, find_record, new_record, peak_memory, record_path, write_record
+from discbench.results import reset_peak_memory as reset_peak
 from discbench.teachers import Teacher, TeacherStore, teacher_config
 
 
@@ -119,7 +119,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
     """Train one seed of ``cfg`` on ``data`` (against ``teacher`` for protocols that need one)."""
     started = time.time()
     seed_everything(seed, device)
-    reset_peak_memory(device)
+    reset_peak(device)
     runtime = effective_runtime(cfg, device)
     system = PROTOCOLS.get(cfg.protocol_name)(cfg, teacher=teacher.network if teacher else None).to(device)
     if runtime["channels_last"]:
