@@ -107,7 +107,7 @@ def parse_record(text: str, where: str = "record") -> RunRecord:
     try:
         data = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        truncated = exc.pos >= len(text.rstrip()) - 1
+        truncated = not text.rstrip().endswith(("}", "]"))  # a complete file ends its top-level value
         raise InvalidRecord(f"{where}: {'truncated' if truncated else 'corrupt'} JSON ({exc.msg} at line "
                             f"{exc.lineno}, column {exc.colno})") from None
     except ValueError as exc:
