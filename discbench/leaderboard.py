@@ -360,6 +360,8 @@ def across_protocols(df: pd.DataFrame) -> str:
     protocol (and, for two networks, its partner); a method's value is its ``primary`` top-1 mean."""
     from discbench.stats import kendall
 
+    if "rank" not in df:
+        df = df.assign(rank=0)
     parts = []
     for (dataset, budget, backbone), sub in df.groupby(["dataset", "budget", "backbone"], sort=True):
         columns: dict[str, pd.Series] = {}

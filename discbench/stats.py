@@ -49,7 +49,7 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
     """mean(a) - mean(b) and Welch's ``confidence`` interval for it (two-sided)."""
     a, b = [float(x) for x in a], [float(x) for x in b]
     diff = sum(a) / len(a) - sum(b) / len(b)
-    if len(a) < 2 or len(b) < 2:
+    if len(a) < 2 or len(b) < 2 or (len(set(a)) == 1 and len(set(b)) == 1):  # no spread: no interval to give
         return Difference(diff, math.nan, math.nan, len(a), len(b))
     import warnings
 

@@ -16,8 +16,7 @@ import pytest
 
 from discbench.errors import DiscbenchError
 from discbench.leaderboard import render
-from discbench.records import (ORPHAN_AGE_SECONDS, collect, existing_valid, parse_record, read_record,
-                               remove_orphans)
+from discbench.records import ORPHAN_AGE_SECONDS, collect, existing_valid, parse_record, read_record, remove_orphans
 from discbench.results import atomic_write_text, write_record
 from tests.conftest import REPO, requires_fashion_mnist
 from tests.test_cli import discbench, records, tiny
