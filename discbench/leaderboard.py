@@ -470,26 +470,37 @@ def render_suite(suite: Suite, configs: list[RunConfig], seeds: int, records: It
     return text
 
 
+def sections(records: list[RunRecord], suites=(), budget: str | None = None, config_path=None) -> list[tuple]:
+    """(name, markdown, records) per suite (records relabelled with the suite's rows), or one section of every record
+    (name ``all``) without suites."""
+    if not suites:
+        if not records:
+            raise DiscbenchError("no valid run records found; run 'discbench run' or 'discbench sweep' first")
+        chosen = [r for r in records if budget is None or r.budget == budget]
+        return [("all", render(records, budget=budget), chosen)]
+    from discbench.config import Bench
+
+    bench = Bench.load(config_path)
+    out = []
+    for name in suites:
+        s = bench.suite(name)
+        configs = bench.suite_configs(s, budget)
+        out.append((name, render_suite(s, configs, s.seeds, records), suite_records(s, configs, s.seeds, records)))
+    return out
+
+
+def combine(parts: list[tuple]) -> str:
+    """The sections' markdown, then (several suites) the across-protocols section over their records."""
+    text = "\n".join(md for _, md, _ in parts)
+    union = [r for _, _, recs in parts for r in recs]
+    if union and len(parts) > 1:
+        text += "\n" + "\n".join(["# Across protocols", "", across_protocols(_frame(union)), ""])
+    return text
+
+
 def render_markdown(results_dirs, suites=(), budget: str | None = None, config_path=None, echo=None) -> str:
     """What ``discbench leaderboard`` prints: every record's tables, or the tables of ``suites`` followed by the
     across-protocols section over their records."""
     from discbench.records import load
 
-    records = load(results_dirs, echo=echo)
-    if not suites:
-        if not records:
-            raise DiscbenchError(f"no valid run records under {', '.join(map(str, results_dirs))}; run 'discbench "
-                                 f"run' or 'discbench sweep' first")
-        return render(records, budget=budget)
-    from discbench.config import Bench
-
-    bench = Bench.load(config_path)
-    parts, union = [], []
-    for name in suites:
-        s = bench.suite(name)
-        configs = bench.suite_configs(s, budget)
-        parts.append(render_suite(s, configs, s.seeds, records))
-        union += suite_records(s, configs, s.seeds, records)
-    if union and len(suites) > 1:
-        parts.append("\n".join(["# Across protocols", "", across_protocols(_frame(union)), ""]))
-    return "\n".join(parts)
+    return combine(sections(load(results_dirs, echo=echo), suites, budget, config_path))
