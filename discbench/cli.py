@@ -152,10 +152,13 @@ PUBLISHED_SUITES = ("demo", "table5-smoke", "table6-smoke", "table7a-smoke", "ta
                                                        "instead of every record; repeatable.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the tables to this file (e.g. results/LEADERBOARD.md); by default nothing is written.")
+@click.option("--figures", is_flag=True, help="Add a Figures section (MUSE Figs. 2/3 per MI+SI/MI×SI row, accuracy "
+                                              "against step time per table) and draw the figures into figures/ "
+                                              "beside --out (PNG and SVG).")
 @click.option("--check", is_flag=True, help=f"Write nothing; exit 1 with a diff when the committed tables (--out, "
                                             f"default {PUBLISHED}; with no --suite: the published suites) are stale.")
 @config_option
-def leaderboard(results_dirs, budget, suites, out, check, config_path):
+def leaderboard(results_dirs, budget, suites, out, figures, check, config_path):
     """Render records under --results-dir as markdown tables (all of them, or --suite's) on stdout, and into --out.
 
     Without --suite the tables come from the records alone (no plugin, no torch); --suite resolves the suites'
@@ -166,7 +169,9 @@ def leaderboard(results_dirs, budget, suites, out, check, config_path):
     if check:
         suites = suites or PUBLISHED_SUITES
         target = out or PUBLISHED
-    text = render_markdown(results_dirs, suites, budget, config_path, echo=_note)
+    draw_into = Path(out).parent / "figures" if figures and out and not check else None
+    text = render_markdown(results_dirs, suites, budget, config_path, echo=_note, figures=figures,
+                           draw_into=draw_into)
     if check:
         sys.exit(_check_stale(Path(target), text + "\n"))
     if out:

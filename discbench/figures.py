@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from discbench.results import RunRecord
@@ -87,7 +89,7 @@ def term_figure(records: list[RunRecord], title: str, out_dir: Path, stem: str) 
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("loss (window mean)")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{title}: MI and SI loss per module, mean ± std over {len(usable)} seeds", fontsize=10)
+    fig.suptitle(f"{title}: MI and SI loss per module, mean ± std over {len(usable)} seeds", fontsize=10, y=1.04)
     paths = _save(fig, out_dir, stem)
     plt.close(fig)
     return paths
@@ -125,15 +127,27 @@ def pareto_figure(rows: list[dict], title: str, out_dir: Path, stem: str) -> lis
     return paths
 
 
-def write_figures(name: str, records: Iterable[RunRecord], out_dir: Path) -> list[tuple[str, Path]]:
-    """Every figure of one table (a suite, or one group of records): (caption, PNG path) pairs; SVGs lie beside.
+@dataclass(frozen=True)
+class Figure:
+    """A planned figure: its caption, its file stem (``<stem>.png`` and ``.svg``) and how to draw it."""
 
-    One MI/SI figure per row that recorded both terms; rows whose records predate ``term_history`` are named in a
-    caption without a figure (path None is never returned: they are simply listed by the caller)."""
+    caption: str
+    stem: str
+    draw: Callable[[Path], list[Path]]
+
+    @property
+    def png(self) -> str:
+        return f"figures/{self.stem}.png"
+
+
+def plan(name: str, records: Iterable[RunRecord]) -> list[Figure]:
+    """Every figure of one table (a suite, or all records): one MI/SI figure per row that recorded both terms over
+    training, and one accuracy-vs-cost scatter per (dataset, budget, protocol) on its most common device. Nothing
+    is drawn (and matplotlib is not imported) until a figure's ``draw`` is called."""
     from discbench.leaderboard import records_frame
 
     records = list(records)
-    out: list[tuple[str, Path]] = []
+    out: list[Figure] = []
     by_row: dict[tuple, list[RunRecord]] = defaultdict(list)
     for r in records:
         by_row[(r.dataset, r.budget, r.protocol, r.backbone, r.partner or "", r.label)].append(r)
@@ -142,8 +156,10 @@ def write_figures(name: str, records: Iterable[RunRecord], out_dir: Path) -> lis
             continue
         pair = f"{backbone}/{partner}" if partner else backbone
         stem = slug(f"terms__{name}__{protocol}__{pair}__{label}")
-        caption = f"{label} ({dataset}, {budget}, {protocol}, {pair}): MI and SI loss per module over training"
-        out.append((caption, term_figure(rows, f"{label} · {pair} · {protocol}", out_dir, stem)[0]))
+        caption = f"{name}, {label} ({dataset}, {budget}, {protocol}, {pair}): MI and SI loss per module over training"
+        out.append(Figure(caption, stem, partial(term_figure, rows, f"{label} · {pair} · {protocol}", stem=stem)))
+    if not records:
+        return out
     df = records_frame(records)
     for (dataset, budget, protocol), sub in df.groupby(["dataset", "budget", "protocol"], sort=True):
         device = sub["device"].value_counts().index[0]  # one device: step times never compare across devices
@@ -156,8 +172,32 @@ def write_figures(name: str, records: Iterable[RunRecord], out_dir: Path) -> lis
             continue
         stem = slug(f"pareto__{name}__{dataset}__{budget}__{protocol}")
         caption = f"{name}: top-1 against step time, Pareto front marked ({protocol}, one device)"
-        out.append((caption, pareto_figure(rows, f"{name} · {protocol} · {short(device)}", out_dir, stem)[0]))
+        out.append(Figure(caption, stem, partial(pareto_figure, rows, f"{name} · {protocol} · {short(device)}",
+                                                 stem=stem)))
     return out
+
+
+def lacking(name: str, records: Iterable[RunRecord]) -> list[str]:
+    """Rows with MI and SI terms whose records predate the term history (no figure can be drawn for them)."""
+    return sorted({f"{name}: {r.label}" for r in records if r.term_history is None
+                   and all(any(k.startswith(f"{t}@") for k in r.final_train_terms) for t in TERMS)})
+
+
+def section(parts: list[tuple], out_dir: Path | None = None) -> tuple[str, list[Figure]]:
+    """The markdown "Figures" section of the leaderboard's ``parts`` (name, markdown, records), linking
+    ``figures/<stem>.png`` beside the markdown; draws them into ``out_dir`` when given."""
+    figures = [f for name, _, records in parts for f in plan(name, records)]
+    missing = [m for name, _, records in parts for m in lacking(name, records)]
+    if out_dir is not None:
+        for f in figures:
+            f.draw(out_dir)
+    lines = ["# Figures", "", "MUSE Figs. 2 and 3 (MI and SI loss per module over training, mean ± std over seeds) "
+             "for every row that recorded them, and top-1 against step time per table (PNG, SVG beside it).", ""]
+    lines += [f"- {f.caption}: [PNG]({f.png}), [SVG](figures/{f.stem}.svg)" for f in figures]
+    if missing:
+        lines += ["", "Rows with MI and SI terms whose records predate the term history (no figure; rerun them to "
+                  "draw it): " + "; ".join(missing) + "."]
+    return "\n".join(lines), figures
 
 
 def short(device: str) -> str:

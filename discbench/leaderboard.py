@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
@@ -498,9 +499,17 @@ def combine(parts: list[tuple]) -> str:
     return text
 
 
-def render_markdown(results_dirs, suites=(), budget: str | None = None, config_path=None, echo=None) -> str:
+def render_markdown(results_dirs, suites=(), budget: str | None = None, config_path=None, echo=None,
+                    figures: bool = False, draw_into: Path | None = None) -> str:
     """What ``discbench leaderboard`` prints: every record's tables, or the tables of ``suites`` followed by the
-    across-protocols section over their records."""
+    across-protocols section over their records; with ``figures`` a Figures section that links
+    ``figures/<name>.png`` beside the markdown (drawn into ``draw_into`` when given, else only linked)."""
     from discbench.records import load
 
-    return combine(sections(load(results_dirs, echo=echo), suites, budget, config_path))
+    parts = sections(load(results_dirs, echo=echo), suites, budget, config_path)
+    text = combine(parts)
+    if figures:
+        from discbench.figures import section
+
+        text += "\n" + section(parts, draw_into)[0]
+    return text

@@ -82,11 +82,11 @@ def _sort_value(row: dict, key: str) -> str:
 
 def _cell(row: dict, key: str) -> str:
     if key == "records":
-        return " ".join(f'<a href="records/{html.escape(rid)}.json">seed {seed}</a>' for seed, rid in row["runs"])
+        return " ".join(f'<a href="{html.escape(link)}">seed {seed}</a>' for seed, link in row["links"])
     text = html.escape(str(row[key]))
     if key == "top1":
-        first = row["runs"][0][1] if row["runs"] else ""
-        return f'<a class="value" href="records/{html.escape(first)}.json">{text}</a>'
+        first = row["links"][0][1] if row["links"] else ""
+        return f'<a class="value" href="{html.escape(first)}">{text}</a>'
     if key == "delta" and row["significant"]:
         return f'<span class="sig">{text}</span>'
     return text
@@ -179,8 +179,13 @@ LEGEND = ("Δ: difference of means to the baseline row of the same table and col
 
 def publish(results_dirs: Iterable, out_dir: Path, suites=(), budget: str | None = None, config_path=None,
             echo=None) -> list[Path]:
-    """Write the site into ``out_dir``; the paths written (the markdown, the page, the figures)."""
-    from discbench.figures import write_figures
+    """Write the site into ``out_dir``; the paths written (the markdown, the page, the figures).
+
+    A record inside ``out_dir`` (e.g. ``--out results`` over ``results/runs``) is linked where it lies; the others
+    are copied into ``records/<run id>.json``."""
+    import os
+
+    from discbench.figures import section
     from discbench.leaderboard import combine, sections
     from discbench.records import collect
 
@@ -195,28 +200,25 @@ def publish(results_dirs: Iterable, out_dir: Path, suites=(), budget: str | None
     figures_dir = out_dir / "figures"
     if figures_dir.exists():
         shutil.rmtree(figures_dir)
-    figures: list[tuple[str, str]] = []
-    lacking: list[str] = []
-    rows: list[dict] = []
-    for name, _, records in parts:
-        figures += [(caption, path.relative_to(out_dir).as_posix())
-                    for caption, path in write_figures(name, records, figures_dir)]
-        lacking += sorted({f"{name}: {r.label}" for r in records if r.term_history is None
-                           and all(any(k.startswith(f"{t}@") for k in r.final_train_terms) for t in ("mi", "si"))})
-        rows += board_rows(name, records)
-    md = combine(parts) + "\n" + "\n".join(["# Figures", ""] + [f"- {c}: ![{c}]({p}) ([SVG]({p[:-4]}.svg))"
-                                                               for c, p in figures])
-    if lacking:
-        md += "\n\nRows with MI and SI terms whose records predate the term history (no figure; rerun to draw it): " \
-              + "; ".join(lacking) + ".\n"
+    figures_md, figures = section(parts, figures_dir)
+    md = combine(parts) + "\n" + figures_md
+    rows = [row for name, _, records in parts for row in board_rows(name, records)]
     records_dir = out_dir / "records"
     if records_dir.exists():
         shutil.rmtree(records_dir)
-    records_dir.mkdir(parents=True)
-    wanted = {rid for row in rows for _, rid in row["runs"]}
-    for run_id in sorted(wanted):
-        shutil.copyfile(found.sources[run_id][0], records_dir / f"{run_id}.json")
+    site = out_dir.resolve()
+    links = {}
+    for run_id in sorted({rid for row in rows for _, rid in row["runs"]}):
+        source = found.sources[run_id][0].resolve()
+        if source.is_relative_to(site):
+            links[run_id] = Path(os.path.relpath(source, site)).as_posix()
+        else:
+            records_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, records_dir / f"{run_id}.json")
+            links[run_id] = f"records/{run_id}.json"
+    for row in rows:
+        row["links"] = [(seed, links[rid]) for seed, rid in row["runs"]]
     written = [out_dir / "LEADERBOARD.md", out_dir / "index.html"]
-    atomic_write_text(written[0], md.rstrip() + "\n")
-    atomic_write_text(written[1], render_html(rows, figures, LEGEND))
-    return written + [out_dir / p for _, p in figures]
+    atomic_write_text(written[0], md + "\n")
+    atomic_write_text(written[1], render_html(rows, [(f.caption, f.png) for f in figures], LEGEND))
+    return written + [out_dir / f.png for f in figures]
