@@ -1,4 +1,5 @@
-"""The ``discbench`` command line: run, sweep, leaderboard, bench, list.
+"""The ``discbench`` command line: run, sweep, leaderboard, publish, check-records, bench, list, validate,
+train-teacher, teacher.
 
 Every command imports what it needs inside its own body: ``discbench --help``, ``list budgets``, ``list suites``,
 ``leaderboard`` (without ``--suite``) and ``validate --help`` never import torch, torchvision or a plugin.
@@ -433,12 +434,15 @@ def _write_text(path: Path, text: str) -> None:
     click.echo(f"wrote {path}", err=True)
 
 
+INTERRUPTED = "interrupted: records of finished seeds are kept, the current seed wrote nothing"
+
+
 def main() -> None:
     """Console entry point: a ``DiscbenchError`` becomes one line on stderr and exit status 2."""
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort:  # click turns Ctrl-C into Abort
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
@@ -447,7 +451,7 @@ def main() -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo("interrupted: records of finished seeds are kept, the current seed wrote nothing", err=True)
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
 
 

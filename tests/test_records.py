@@ -4,6 +4,7 @@ repairing a corrupt record instead of skipping its seed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -235,3 +236,33 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_a_suite_without_records_or_with_some_says_what_is_missing(bench):
+    from discbench.leaderboard import render_suite
+
+    suite = bench.suite("demo")
+    configs = bench.suite_configs(suite, None)
+    empty = render_suite(suite, configs, 3, [])
+    assert "_No run records yet: run 'discbench sweep --suite demo'._" in empty
+    first = configs[0]
+    recs = [dataclasses.replace(record("x", s, {4: 70.0 + s}, loss="", hash_=first.request_hash),
+                                request_hash=first.request_hash, dataset=first.dataset.name, budget=first.budget)
+            for s in range(2)]
+    text = render_suite(suite, configs, 3, recs)
+    assert "70.50 ± 0.71 (n=2)" in text and "Runs without a record (not in the tables):" in text
+    assert f"- {first.label} ({first.backbone}): seed 2" in text
+    assert f"- {configs[1].label} ({configs[1].backbone}): seeds 0, 1, 2" in text
+
+
+def test_ctrl_c_says_that_finished_seeds_are_kept(monkeypatch, capsys):
+    from discbench import train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "run_seeds", interrupted)
+    status, _, err = discbench(capsys, monkeypatch, "run", "--loss", "l2", "--backbone", "smallnet", "--device", "cpu")
+    assert status == 130
+    assert err.strip().splitlines()[-1] == "interrupted: records of finished seeds are kept, the current seed wrote " \
+                                           "nothing"

@@ -116,7 +116,8 @@ def test_the_page_in_a_headless_browser_sorts_filters_and_matches_the_markdown(r
         assert page.locator(f"{visible} td.method").all_inner_texts() == sorted(methods)
         page.select_option("#filter-protocol", "online")
         assert page.locator(f"{visible} td.method").all_inner_texts() == ["none"]
-        assert page.locator(f"{visible} td.top1").inner_text() == "61.50 ± 1.41 (n=2)"  # per seed the mean of net1 and net2: 60.5, 62.5
+        # per seed the mean of net1 and net2: 60.5 and 62.5
+        assert page.locator(f"{visible} td.top1").inner_text() == "61.50 ± 1.41 (n=2)"
         page.select_option("#filter-protocol", "")
         assert page.locator(visible).count() == 5
         href = page.locator(f"{visible} td.records a").first.get_attribute("href")
