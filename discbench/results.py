@@ -279,6 +279,32 @@ def peak_memory(device) -> dict[str, Any]:
     return {"kind": "cpu_process_peak_rss", "bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)}
 
 
+class TermHistory:
+    """Every loss term averaged over windows of ``every`` steps (MUSE Figs. 2 and 3 plot them over training), with
+    ``every`` chosen so that a run keeps at most ``max_points`` points per term: records stay small."""
+
+    def __init__(self, total_steps: int, max_points: int = 100):
+        self.every = max(1, math.ceil(total_steps / max_points))
+        self.steps: list[int] = []
+        self.rows: list[list[float]] = []
+        self.keys: list[str] = []
+        self._sum: Any = None
+        self._count = 0
+
+    def add(self, keys: list[str], values: Any) -> None:
+        self.keys = keys
+        self._sum = values if self._sum is None else self._sum + values
+        self._count += 1
+        if self._count == self.every:
+            self.rows.append((self._sum / self._count).tolist())
+            self.steps.append((len(self.steps) + 1) * self.every)
+            self._sum, self._count = None, 0
+
+    def to_dict(self) -> dict:
+        return {"every": self.every, "steps": self.steps,
+                "terms": {k: [round(row[i], 5) for row in self.rows] for i, k in enumerate(self.keys)}}
+
+
 def record_path(results_dir: Path, cfg: RunConfig, seed: int) -> Path:
     """``<dir>/<dataset>/<budget>/<protocol>/<label>__<backbone>__<hash>__seed<k>.json``."""
     label = re.sub(r"[^A-Za-z0-9_.+-]+", "-", cfg.label).strip("-") or "run"

@@ -28,7 +28,7 @@ from discbench.errors import DiscbenchError, NonFiniteLossError
 from discbench.kernels import select_impl
 from discbench.records import existing_valid, remove_orphans
 from discbench.registry import PROTOCOLS
-from discbench.results import RunRecord, find_record, new_record, peak_memory, record_path, write_record
+from discbench.results import RunRecord, TermHistory, find_record, new_record, peak_memory, record_path, write_record
 from discbench.results import reset_peak_memory as reset_peak
 from discbench.teachers import Teacher, TeacherStore, teacher_config
 
@@ -189,32 +189,6 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
         teacher=teacher.summary() if teacher else None, term_history=history.to_dict(),
     )
     return TrainedRun(record, system)
-
-
-class TermHistory:
-    """Every loss term averaged over windows of ``every`` steps (MUSE Figs. 2 and 3 plot them over training), with
-    ``every`` chosen so that a run keeps at most ``max_points`` points per term: records stay small."""
-
-    def __init__(self, total_steps: int, max_points: int = 100):
-        self.every = max(1, math.ceil(total_steps / max_points))
-        self.steps: list[int] = []
-        self.rows: list[list[float]] = []
-        self.keys: list[str] = []
-        self._sum: Tensor | None = None
-        self._count = 0
-
-    def add(self, keys: list[str], values: Tensor) -> None:
-        self.keys = keys
-        self._sum = values if self._sum is None else self._sum + values
-        self._count += 1
-        if self._count == self.every:
-            self.rows.append((self._sum / self._count).tolist())
-            self.steps.append((len(self.steps) + 1) * self.every)
-            self._sum, self._count = None, 0
-
-    def to_dict(self) -> dict:
-        return {"every": self.every, "steps": self.steps,
-                "terms": {k: [round(row[i], 5) for row in self.rows] for i, k in enumerate(self.keys)}}
 
 
 class DataCache:

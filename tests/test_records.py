@@ -266,3 +266,18 @@ def test_ctrl_c_says_that_finished_seeds_are_kept(monkeypatch, capsys):
     assert status == 130
     assert err.strip().splitlines()[-1] == "interrupted: records of finished seeds are kept, the current seed wrote " \
                                            "nothing"
+
+
+def test_term_history_keeps_window_means_and_at_most_max_points():
+    import torch
+
+    from discbench.results import TermHistory
+
+    values = [torch.tensor([float(i), 2.0 * i]) for i in range(1, 11)]  # 10 steps of (loss, mi@1)
+    hist = TermHistory(total_steps=10, max_points=4)  # every ceil(10 / 4) = 3 steps; the last, partial window dropped
+    for v in values:
+        hist.add(["loss", "mi@1"], v)
+    out = hist.to_dict()
+    assert out["every"] == 3 and out["steps"] == [3, 6, 9]
+    assert out["terms"] == {"loss": [2.0, 5.0, 8.0], "mi@1": [4.0, 10.0, 16.0]}  # means of (1,2,3), (4,5,6), (7,8,9)
+    assert TermHistory(total_steps=50).every == 1 and TermHistory(total_steps=78_200).every == 782
