@@ -178,9 +178,12 @@ def plan(name: str, records: Iterable[RunRecord]) -> list[Figure]:
 
 
 def lacking(name: str, records: Iterable[RunRecord]) -> list[str]:
-    """Rows with MI and SI terms whose records predate the term history (no figure can be drawn for them)."""
-    return sorted({f"{name}: {r.label}" for r in records if r.term_history is None
-                   and all(any(k.startswith(f"{t}@") for k in r.final_train_terms) for t in TERMS)})
+    """Rows with MI and SI terms some of whose records predate the term history: ``name: label (k of n seeds)``."""
+    rows: dict[str, list[bool]] = defaultdict(list)
+    for r in records:
+        if all(any(k.startswith(f"{t}@") for k in r.final_train_terms) for t in TERMS):
+            rows[r.label].append(r.term_history is None)
+    return [f"{name}: {label} ({sum(old)} of {len(old)} seeds)" for label, old in sorted(rows.items()) if any(old)]
 
 
 def section(parts: list[tuple], out_dir: Path | None = None) -> tuple[str, list[Figure]]:
@@ -195,8 +198,8 @@ def section(parts: list[tuple], out_dir: Path | None = None) -> tuple[str, list[
              "for every row that recorded them, and top-1 against step time per table (PNG, SVG beside it).", ""]
     lines += [f"- {f.caption}: [PNG]({f.png}), [SVG](figures/{f.stem}.svg)" for f in figures]
     if missing:
-        lines += ["", "Rows with MI and SI terms whose records predate the term history (no figure; rerun them to "
-                  "draw it): " + "; ".join(missing) + "."]
+        lines += ["", "Rows with MI and SI terms whose records predate the term history (left out of the figures; "
+                  "rerun those seeds to draw them): " + "; ".join(missing) + "."]
     return "\n".join(lines), figures
 
 

@@ -42,7 +42,8 @@ def device_key(r: RunRecord) -> tuple[str, str]:
             desc = f"{hw['gpu_name']} (driver {hw.get('gpu_driver') or '?'}, CUDA {hw.get('cuda') or '?'})"
         else:
             ext = ", ".join(hw.get("cpu_vector_extensions") or []) or "no vector extensions recorded"
-            desc = f"{hw.get('cpu_model') or 'unknown CPU'} ({ext}), {hw.get('torch_threads')} threads"
+            threads = hw.get("torch_threads")
+            desc = f"{hw.get('cpu_model') or 'unknown CPU'} ({ext}), {threads} thread{'' if threads == 1 else 's'}"
         return desc, desc
     threads = r.runtime.get("threads", "?")
     name = r.runtime.get("device_name") or r.runtime.get("device") or "cpu"
