@@ -22,7 +22,7 @@ COLUMNS = [  # key, header, numeric
     ("protocol", "Protocol", False), ("backbone", "Backbone", False), ("method", "Method", False),
     ("top1", "Top-1 (%) ↑", True), ("delta", "Δ vs baseline (95 % CI)", True), ("n", "n", True),
     ("step_ms", "Step (ms) ↓", True), ("loss_params", "Loss params ↓", True), ("peak", "Peak memory ↓", True),
-    ("records", "Run records", False),
+    ("device", "Device", False), ("records", "Run records", False),
 ]
 
 
@@ -57,19 +57,22 @@ def board_rows(name: str, records: list[RunRecord]) -> list[dict]:
                 if base and label != base and base_values is not None and first and not base_values[0].empty:
                     d = welch(first, [float(v) for v in base_values[0].dropna()])
                 peak = mine["peak_bytes"].dropna()
+                devices = sorted(mine["device"].unique())
                 rows.append({
                     "suite": name, "dataset": dataset, "budget": budget, "protocol": protocol, "backbone": pair,
                     "method": label, "top1": " / ".join(cell(v) for v in vals), "top1_sort": float(vals[0].mean()),
                     "delta": "baseline" if label == base else (d.short() if d else "—"),
                     "delta_sort": d.diff if d else 0.0, "significant": bool(d and d.significant),
-                    "n": len(mine), "step_ms": f"{mine['step_ms'].mean():.1f}",
+                    "n": len(mine), "device": "; ".join(devices),
+                    # step times are never averaged across devices (LEADERBOARD.md splits such rows by device)
+                    "step_ms": f"{mine['step_ms'].mean():.1f}" if len(devices) == 1 else "several devices",
                     "loss_params": f"{int(mine['loss_params'].iloc[0]):,}",
                     "peak": f"{peak.max() / 2**20:,.0f} MiB" if not peak.empty else "not recorded",
                     "peak_sort": float(peak.max()) if not peak.empty else -1.0,
                     "runs": [(int(s), rid) for s, rid in sorted(zip(mine["seed"], mine["run_id"], strict=True))],
                 })
     for r in rows:
-        r["step_sort"] = float(r["step_ms"])
+        r["step_sort"] = float(r["step_ms"]) if r["step_ms"] != "several devices" else -1.0
         r["params_sort"] = float(r["loss_params"].replace(",", ""))
     return rows
 
