@@ -1,7 +1,10 @@
 # discbench: the two set-up commands of the README.
 #   make demo   sets everything up, runs MUSE self-distillation against the baselines on Fashion-MNIST (3 seeds)
 #               and prints the leaderboard (about 12 minutes on 2 CPU cores).
-#   make test   sets everything up and runs the test suite.
+#   make test   sets everything up and runs the test suite (the browser test included: chromium from apt).
+#   make check  fails with a diff when results/LEADERBOARD.md is stale; make leaderboard re-renders it and its
+#               figures; make publish writes the static site into site/; make summary appends the tables to
+#               $GITHUB_STEP_SUMMARY (stdout elsewhere). .ci/run and .github/workflows/ci.yml run the same targets.
 # Both work on a fresh Debian/Ubuntu machine with python3 (>= 3.11); the dataset comes from Debian's
 # dataset-fashion-mnist package, torch and torchvision from pip.
 
@@ -10,12 +13,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CHROMIUM := /usr/bin/chromium
+SITE ?= site
+# the published suites (results/LEADERBOARD.md); discbench/cli.py PUBLISHED_SUITES is the same list
+SUITES := demo table5-smoke table6-smoke table7a-smoke table7b-smoke table1-smoke table3-smoke zoo-smoke zoo-smoke-online zoo-smoke-offline
 
-.PHONY: setup demo test lint clean-demo
+.PHONY: setup demo test lint clean-demo check leaderboard publish summary
 
 $(FASHION):
 	$(SUDO) apt-get update
 	$(SUDO) apt-get install -y dataset-fashion-mnist
+
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y chromium
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv; }
@@ -24,7 +35,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
-setup: $(FASHION) $(BIN)/.installed
+setup: $(FASHION) $(CHROMIUM) $(BIN)/.installed
 
 demo: setup
 	$(BIN)/discbench sweep --suite demo --results-dir results/demo --out results/demo/LEADERBOARD.md
@@ -35,6 +46,19 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+check: setup
+	$(BIN)/discbench leaderboard --results-dir results/runs $(addprefix --suite ,$(SUITES)) --figures --check
+
+leaderboard: setup
+	$(BIN)/discbench leaderboard --results-dir results/runs $(addprefix --suite ,$(SUITES)) --figures \
+	  --out results/LEADERBOARD.md > /dev/null
+
+publish: setup
+	$(BIN)/discbench publish --results-dir results/runs --out $(SITE)
+
+summary:
+	cat $(SITE)/LEADERBOARD.md >> "$${GITHUB_STEP_SUMMARY:-/dev/stdout}"
 
 clean-demo:
 	rm -rf results/demo

@@ -1,4 +1,5 @@
-"""The ``discbench`` command line: run, sweep, leaderboard, list, validate, bench, train-teacher, teacher.
+"""The ``discbench`` command line: run, sweep, leaderboard, publish, check-records, bench, list, validate,
+train-teacher, teacher.
 
 Every command imports what it needs inside its own body: ``discbench --help``, ``list budgets``, ``list suites``,
 ``leaderboard`` (without ``--suite``) and ``validate --help`` never import torch, torchvision or a plugin.
@@ -18,6 +19,10 @@ config_option = click.option("--config", "config_path", type=click.Path(dir_okay
                              help="bench.toml to use (default: $DISCBENCH_CONFIG, ./bench.toml, the repository's).")
 results_option = click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
                               default=DEFAULT_RESULTS_DIR, show_default=True, help="Where run records live.")
+results_dirs_option = click.option(
+    "--results-dir", "results_dirs", multiple=True, default=[str(DEFAULT_RESULTS_DIR)], show_default=True,
+    help="Where run records live; repeatable, and globs ('runs/*') are expanded: records of every directory merge "
+         "(a run found twice is counted once; with different numbers it is flagged and left out).")
 teacher_store_option = click.option(
     "--teacher-store", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Teacher store (default: $DISCBENCH_TEACHERS, else ~/.cache/discbench/teachers).")
@@ -131,42 +136,98 @@ def sweep(suite, budget, seeds, out, results_dir, config_path, teacher_store, da
                    f"config {cfg.request_hash}", err=True)
         run_seeds(cfg, range(n_seeds), results_dir, dev, force=force, progress=not quiet, data=data, bench=bench,
                   teachers=teachers)
-    text = render_suite(s, configs, n_seeds, load_records(results_dir))
+    text = render_suite(s, configs, n_seeds, load_records(results_dir, echo=_note))
     if out:
         _write_text(out, text)
     click.echo(text)
 
 
+PUBLISHED = Path("results") / "LEADERBOARD.md"
+PUBLISHED_SUITES = ("demo", "table5-smoke", "table6-smoke", "table7a-smoke", "table7b-smoke", "table1-smoke",
+                    "table3-smoke", "zoo-smoke", "zoo-smoke-online", "zoo-smoke-offline")
+
+
 @cli.command()
-@results_option
+@results_dirs_option
 @click.option("--budget", default=None, help="Only records of this budget (with --suite: the suites' budget).")
 @click.option("--suite", "suites", multiple=True, help="Render these suites' tables (their rows, labels and order) "
                                                        "instead of every record; repeatable.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the tables to this file (e.g. results/LEADERBOARD.md); by default nothing is written.")
+@click.option("--figures", is_flag=True, help="Add a Figures section (MUSE Figs. 2/3 per MI+SI/MI×SI row, accuracy "
+                                              "against step time per table) and draw the figures into figures/ "
+                                              "beside --out (PNG and SVG).")
+@click.option("--check", is_flag=True, help=f"Write nothing; exit 1 with a diff when the committed tables (--out, "
+                                            f"default {PUBLISHED}; with no --suite: the published suites) are stale.")
 @config_option
-def leaderboard(results_dir, budget, suites, out, config_path):
+def leaderboard(results_dirs, budget, suites, out, figures, check, config_path):
     """Render records under --results-dir as markdown tables (all of them, or --suite's) on stdout, and into --out.
 
     Without --suite the tables come from the records alone (no plugin, no torch); --suite resolves the suites'
-    configurations to find their records."""
-    from discbench.config import Bench
-    from discbench.leaderboard import render, render_suite
-    from discbench.results import load_records
+    configurations to find their records. With --check nothing is written: the rendering is compared with the
+    committed file."""
+    from discbench.leaderboard import render_markdown
 
-    records = load_records(results_dir)
-    if suites:
-        bench = Bench.load(config_path)
-        parts = []
-        for name in suites:
-            s = bench.suite(name)
-            parts.append(render_suite(s, bench.suite_configs(s, budget), s.seeds, records))
-        text = "\n".join(parts)
-    else:
-        text = render(records, budget=budget)
+    if check:
+        suites = suites or PUBLISHED_SUITES
+        target = out or PUBLISHED
+    draw_into = Path(out).parent / "figures" if figures and out and not check else None
+    text = render_markdown(results_dirs, suites, budget, config_path, echo=_note, figures=figures,
+                           draw_into=draw_into)
+    if check:
+        sys.exit(_check_stale(Path(target), text + "\n"))
     if out:
         _write_text(out, text)
     click.echo(text)
+
+
+def _check_stale(path: Path, text: str) -> int:
+    """0 when ``path`` holds exactly ``text``; else a unified diff on stdout and 1."""
+    import difflib
+
+    old = path.read_text() if path.is_file() else ""
+    if old == text:
+        click.echo(f"{path} is up to date", err=True)
+        return 0
+    click.echo("".join(difflib.unified_diff(old.splitlines(keepends=True), text.splitlines(keepends=True),
+                                            f"{path} (committed)", f"{path} (rendered from the records)")))
+    click.echo(f"{path} is stale: re-render it with 'discbench leaderboard ... --out {path}' and commit it", err=True)
+    return 1
+
+
+@cli.command()
+@results_dirs_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Site directory: LEADERBOARD.md, index.html, figures/ and records/ are written there.")
+@click.option("--suite", "suites", multiple=True, help="Publish these suites' tables (default: every record).")
+@click.option("--budget", default=None, help="Only records of this budget (with --suite: the suites' budget).")
+@config_option
+def publish(results_dirs, out_dir, suites, budget, config_path):
+    """Write a static site from the records: LEADERBOARD.md, index.html (sortable, filterable, each cell linked to
+    its run records), figures/ (PNG and SVG) and records/ (the run records behind the cells)."""
+    from discbench.site import publish as write_site
+
+    for path in write_site(results_dirs, out_dir, suites, budget, config_path, echo=_note):
+        click.echo(f"wrote {path}", err=True)
+
+
+@cli.command(name="check-records")
+@click.argument("directories", nargs=-1, required=True)
+@click.option("--clean", is_flag=True, help="Also remove orphaned temporary files of killed writers.")
+def check_records(directories, clean):
+    """Validate every record under DIRECTORIES (against discbench/record.schema.json): one line per invalid file,
+    duplicate, conflict or orphaned temporary file; exit 1 if any file is invalid or any run id conflicts."""
+    from discbench.records import collect
+
+    found = collect(directories, remove_orphaned=clean)
+    for line in found.messages():
+        click.echo(line)
+    n_files = sum(len(v) for v in found.sources.values()) + len(found.problems)
+    click.echo(f"{n_files} files: {len(found.records)} valid runs, {len(found.problems)} invalid, "
+               f"{len(found.duplicates)} duplicated, {len(found.conflicts)} conflicting, {len(found.orphans)} "
+               f"orphaned temporary files" + (" (removed)" if clean and found.orphans else ""))
+    if found.problems or found.conflicts:
+        sys.exit(1)
 
 
 @cli.command()
@@ -412,6 +473,10 @@ def _builtin_cards_if_alone() -> list:
     if entry_points("discbench.losses"):
         return []
     return builtin_cards() or []
+
+
+def _note(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
 import re
@@ -95,6 +96,8 @@ class RunRecord:
     config: dict[str, Any]
     provenance: dict[str, Any]
     teacher: dict[str, Any] | None = None  # offline: teacher_id, backbone, sha256, top1, source, store
+    hardware: dict[str, Any] | None = None  # CPU model and vector extensions, GPU, driver, CUDA, threads (``hardware``)
+    term_history: dict[str, Any] | None = None  # {"every", "steps", "terms": {term: [window means]}} (train.py)
     schema: int = SCHEMA_VERSION
 
     def last_top1(self, network: str) -> float:
@@ -160,7 +163,8 @@ def loss_source(cfg: RunConfig) -> dict[str, Any]:
 
 
 def new_record(cfg: RunConfig, seed: int, epochs: list[dict], classifiers: list[Classifier], runtime: dict,
-               cost: dict, timing: dict, teacher: dict | None = None) -> RunRecord:
+               cost: dict, timing: dict, teacher: dict | None = None,
+               term_history: dict | None = None) -> RunRecord:
     """Assemble a run record from the training loop's results."""
     last_eval = next(e for e in reversed(epochs) if "top1" in e)
     best = {}
@@ -192,6 +196,8 @@ def new_record(cfg: RunConfig, seed: int, epochs: list[dict], classifiers: list[
         config=cfg.to_dict(),
         provenance=provenance(),
         teacher=teacher,
+        hardware=hardware(runtime["device"]),
+        term_history=term_history,
     )
 
 
@@ -222,6 +228,111 @@ def check_writable(path: Path) -> None:
                 directory.rmdir()
 
 
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
+
+
+def _cpuinfo() -> tuple[str | None, list[str]]:
+    """CPU model name and its vector extensions (the ``flags`` / ``Features`` line of /proc/cpuinfo, in the order of
+    ``VECTOR_FLAGS``); ``platform.processor()`` and no flags where /proc/cpuinfo does not exist."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or None, []
+    model, flags = None, set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and model is None:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return model or platform.processor() or None, [f for f in VECTOR_FLAGS if f in flags]
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[0] if out else None
+
+
+def hardware(device: str) -> dict[str, Any]:
+    """What the numbers of a run depend on beyond the software versions (``provenance``): the CPU model and its vector
+    extensions, torch's CPU kernel capability, logical CPUs, torch's thread count; on CUDA the GPU's name, the
+    driver, and the CUDA and cuDNN versions torch was built with."""
+    import torch
+
+    model, flags = _cpuinfo()
+    cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        capability = None
+    return {
+        "device": str(device),
+        "cpu_model": model,
+        "cpu_vector_extensions": flags,
+        "cpu_capability": capability,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu_name": torch.cuda.get_device_name(torch.device(device)) if cuda else None,
+        "gpu_driver": _nvidia_driver() if cuda else None,
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+    }
+
+
+def reset_peak_memory(device) -> None:
+    """Start counting CUDA's peak allocation for this run (CPU: the process's peak RSS cannot be reset)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device) -> dict[str, Any]:
+    """The run's peak memory: CUDA ``max_memory_allocated`` since ``reset_peak_memory``; on CPU the process's peak
+    resident set size (``getrusage``), which includes everything the process did before (earlier seeds of the same
+    command, the dataset), labelled as such."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return {"kind": "cuda_max_memory_allocated", "bytes": int(torch.cuda.max_memory_allocated(device))}
+    import resource
+
+    scale = 1 if platform.system() == "Darwin" else 1024  # Linux reports KiB, macOS bytes
+    return {"kind": "cpu_process_peak_rss", "bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)}
+
+
+class TermHistory:
+    """Every loss term averaged over windows of ``every`` steps (MUSE Figs. 2 and 3 plot them over training), with
+    ``every`` chosen so that a run keeps at most ``max_points`` points per term: records stay small."""
+
+    def __init__(self, total_steps: int, max_points: int = 100):
+        self.every = max(1, math.ceil(total_steps / max_points))
+        self.steps: list[int] = []
+        self.rows: list[list[float]] = []
+        self.keys: list[str] = []
+        self._sum: Any = None
+        self._count = 0
+
+    def add(self, keys: list[str], values: Any) -> None:
+        self.keys = keys
+        self._sum = values if self._sum is None else self._sum + values
+        self._count += 1
+        if self._count == self.every:
+            self.rows.append((self._sum / self._count).tolist())
+            self.steps.append((len(self.steps) + 1) * self.every)
+            self._sum, self._count = None, 0
+
+    def to_dict(self) -> dict:
+        return {"every": self.every, "steps": self.steps,
+                "terms": {k: [round(row[i], 5) for row in self.rows] for i, k in enumerate(self.keys)}}
+
+
 def record_path(results_dir: Path, cfg: RunConfig, seed: int) -> Path:
     """``<dir>/<dataset>/<budget>/<protocol>/<label>__<backbone>__<hash>__seed<k>.json``."""
     label = re.sub(r"[^A-Za-z0-9_.+-]+", "-", cfg.label).strip("-")[:LABEL_CHARS].strip("-") or "run"
@@ -243,6 +354,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; the file gets the mode any new file would get
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -253,27 +365,41 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_record(path: Path, record: RunRecord) -> None:
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it; /proc is not everywhere)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def strict_json(data: Any) -> str:
+    """``data`` as strict JSON (no NaN or Infinity: other readers reject them), or a one-line error naming the first
+    non-finite value."""
     try:
-        text = json.dumps(record.to_dict(), indent=1, allow_nan=False)  # strict JSON: a NaN is never a result
-    except ValueError as exc:
-        raise DiscbenchError(f"record {path.name} holds a non-finite number ({exc}); it was not written") from exc
-    atomic_write_text(path, text + "\n")
+        return json.dumps(data, indent=1, allow_nan=False) + "\n"
+    except ValueError:
+        raise DiscbenchError(f"the record holds a non-finite number at {_first_non_finite(data)}; nothing was "
+                             f"written") from None
 
 
-def load_records(results_dir: Path) -> list[RunRecord]:
-    """Every record under ``results_dir``; a file that is not a record raises with its path."""
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise DiscbenchError(f"results directory {results_dir} does not exist; run 'discbench run' first or pass "
-                             f"--results-dir")
-    records = []
-    for path in sorted(results_dir.rglob("*.json")):
-        if path.name.startswith(".tmp-"):
-            continue
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DiscbenchError(f"{path} is not valid JSON ({exc}); delete it and rerun that seed") from exc
-        records.append(RunRecord.from_dict(record, str(path)))
-    return records
+def _first_non_finite(data: Any, where: str = "") -> str:
+    if isinstance(data, float) and not math.isfinite(data):
+        return where or "(top level)"
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    for key, value in items:
+        hit = _first_non_finite(value, f"{where}/{key}" if where else str(key))
+        if hit:
+            return hit
+    return ""
+
+
+def write_record(path: Path, record: RunRecord) -> None:
+    atomic_write_text(path, strict_json(record.to_dict()))
+
+
+def load_records(results_dirs, echo=None) -> list[RunRecord]:
+    """Every valid record under ``results_dirs`` (one directory, or several and globs), each run id once; invalid
+    files, duplicates and conflicts are reported through ``echo`` and left out (``discbench.records``)."""
+    from discbench.records import load
+
+    return load(results_dirs, echo=echo)

@@ -26,8 +26,19 @@ from discbench.config import Bench, RunConfig
 from discbench.contract import preflight
 from discbench.errors import DiscbenchError, NonFiniteLossError, NonFiniteWeightsError
 from discbench.kernels import record_impls, select_impl
+from discbench.records import existing_valid, remove_orphans
 from discbench.registry import PROTOCOLS
-from discbench.results import RunRecord, check_writable, find_record, new_record, record_path, write_record
+from discbench.results import (
+    RunRecord,
+    TermHistory,
+    check_writable,
+    find_record,
+    new_record,
+    peak_memory,
+    record_path,
+    write_record,
+)
+from discbench.results import reset_peak_memory as reset_peak
 from discbench.teachers import Teacher, TeacherStore, teacher_config
 
 
@@ -133,6 +144,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
     """Train one seed of ``cfg`` on ``data`` (against ``teacher`` for protocols that need one)."""
     started = time.time()
     seed_everything(seed, device)
+    reset_peak(device)
     runtime = effective_runtime(cfg, device)
     system = PROTOCOLS.get(cfg.protocol_name)(cfg, teacher=teacher.network if teacher else None).to(device)
     if runtime["channels_last"]:
@@ -156,6 +168,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
     epochs, step, train_seconds = [], 0, 0.0
     critic_impl = select_impl(device)
     critics_ran: set[str] = set()
+    history = TermHistory(steps_per_epoch * r.epochs)
     for epoch in range(r.epochs):
         epoch_start = time.time()
         sums: Tensor | None = None
@@ -179,6 +192,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
                 out.total.backward()
                 optimizer.step()
                 sums = values if sums is None else sums + values
+                history.add(["loss", *keys], values)
                 step += 1
                 epoch_steps += 1
                 bar.update(1, (keys, sums, epoch_steps))
@@ -198,10 +212,10 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
     runtime["critic_impl"] = ", ".join(sorted(critics_ran)) or None
     images = step * r.batch_size
     record = new_record(
-        cfg, seed, epochs, system.classifiers(), runtime=runtime, cost=cost,
+        cfg, seed, epochs, system.classifiers(), runtime=runtime, cost={**cost, "peak_memory": peak_memory(device)},
         timing={"wall_seconds": time.time() - started, "train_seconds": train_seconds, "steps": step,
                 "images_per_second": images / train_seconds, "steps_per_second": step / train_seconds},
-        teacher=teacher.summary() if teacher else None,
+        teacher=teacher.summary() if teacher else None, term_history=history.to_dict(),
     )
     return TrainedRun(record, system)
 
@@ -239,8 +253,9 @@ def run_seeds(cfg: RunConfig, seeds: Iterable[int], results_dir: Path, device: t
         cfg = teachers.attach(bench or Bench.load(), cfg)
         teacher = teachers.load(cfg, device)
     written, checked = [], False
+    remove_orphans(Path(results_dir) / cfg.dataset.name / cfg.budget / cfg.protocol_name)
     for seed in seeds:
-        existing = find_record(results_dir, cfg, seed)
+        existing = existing_valid(find_record(results_dir, cfg, seed), note=lambda m: print(m, file=sys.stderr))
         if existing and not force:
             print(f"skip {cfg.label} | {cfg.backbone} | seed {seed}: {existing} exists (--force reruns it)",
                   file=sys.stderr)

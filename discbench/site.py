@@ -1,0 +1,227 @@
+"""``discbench publish``: a static site from run records, from the same code as ``discbench leaderboard``.
+
+``<out>/LEADERBOARD.md`` is the leaderboard's markdown followed by a Figures section that links the figures;
+``<out>/figures/`` holds them (PNG and SVG); ``<out>/records/<run id>.json`` are the records behind the cells;
+``<out>/index.html`` is one page without external resources: a table with one row per (suite, dataset, budget,
+protocol, backbone or pair, method) whose columns sort on click, filters by dataset, protocol and backbone, the
+significance marks, the figures, and in every row links to the run records of its seeds.
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from discbench.errors import DiscbenchError
+from discbench.results import RunRecord, atomic_write_text
+
+COLUMNS = [  # key, header, numeric
+    ("suite", "Suite", False), ("dataset", "Dataset", False), ("budget", "Budget", False),
+    ("protocol", "Protocol", False), ("backbone", "Backbone", False), ("method", "Method", False),
+    ("top1", "Top-1 (%) ↑", True), ("delta", "Δ vs baseline (95 % CI)", True), ("n", "n", True),
+    ("step_ms", "Step (ms) ↓", True), ("loss_params", "Loss params ↓", True), ("peak", "Peak memory ↓", True),
+    ("device", "Device", False), ("records", "Run records", False),
+]
+
+
+def board_rows(name: str, records: list[RunRecord]) -> list[dict]:
+    """One row per method of every table of a section, with the same cell text as the markdown's last-module or
+    pair table (``cell``) and its Δ against the table's baseline row."""
+    from discbench.leaderboard import _baseline_label, _frame, _row_order, cell, pair_columns, pair_values
+    from discbench.stats import welch
+
+    rows = []
+    if not records:
+        return rows
+    df = _frame(records)
+    for (dataset, budget, protocol), sub in df.groupby(["dataset", "budget", "protocol"], sort=True):
+        base = _baseline_label(sub)
+        two = sub["partner"].notna().any()
+        columns = (pair_columns(sub) if two else
+                   [(b, None, f"{b} ↑", False) for b in sorted(sub["backbone"].unique())])
+        for backbone, partner, _, offline in columns:
+            runs = sub[(sub["backbone"] == backbone) & ((sub["partner"] == partner) if two else True)]
+            pair = (f"{partner} → {backbone}" if offline else f"{backbone} / {partner}") if two else backbone
+
+            def values(frame, two=two, offline=offline, identical=backbone == partner):
+                return pair_values(frame, offline, identical) if two else [frame["top1/last"]]
+
+            base_values = values(runs[runs["label"] == base]) if base else None
+            for label in _row_order(runs):
+                mine = runs[runs["label"] == label]
+                vals = values(mine)
+                first = [float(v) for v in vals[0].dropna()]
+                d = None
+                if base and label != base and base_values is not None and first and not base_values[0].empty:
+                    d = welch(first, [float(v) for v in base_values[0].dropna()])
+                peak = mine["peak_bytes"].dropna()
+                devices = sorted(mine["device"].unique())
+                rows.append({
+                    "suite": name, "dataset": dataset, "budget": budget, "protocol": protocol, "backbone": pair,
+                    "method": label, "top1": " / ".join(cell(v) for v in vals), "top1_sort": float(vals[0].mean()),
+                    "delta": "baseline" if label == base else (d.short() if d else "—"),
+                    "delta_sort": d.diff if d else 0.0, "significant": bool(d and d.significant),
+                    "n": len(mine), "device": "; ".join(devices),
+                    # step times are never averaged across devices (LEADERBOARD.md splits such rows by device)
+                    "step_ms": f"{mine['step_ms'].mean():.1f}" if len(devices) == 1 else "several devices",
+                    "loss_params": f"{int(mine['loss_params'].iloc[0]):,}",
+                    "peak": f"{peak.max() / 2**20:,.0f} MiB" if not peak.empty else "not recorded",
+                    "peak_sort": float(peak.max()) if not peak.empty else -1.0,
+                    "runs": [(int(s), rid) for s, rid in sorted(zip(mine["seed"], mine["run_id"], strict=True))],
+                })
+    for r in rows:
+        r["step_sort"] = float(r["step_ms"]) if r["step_ms"] != "several devices" else -1.0
+        r["params_sort"] = float(r["loss_params"].replace(",", ""))
+    return rows
+
+
+def _sort_value(row: dict, key: str) -> str:
+    value = {"top1": row["top1_sort"], "delta": row["delta_sort"], "n": row["n"], "step_ms": row["step_sort"],
+             "loss_params": row["params_sort"], "peak": row["peak_sort"]}.get(key, row.get(key, ""))
+    return str(value)
+
+
+def _cell(row: dict, key: str) -> str:
+    if key == "records":
+        return " ".join(f'<a href="{html.escape(link)}">seed {seed}</a>' for seed, link in row["links"])
+    text = html.escape(str(row[key]))
+    if key == "top1":
+        first = row["links"][0][1] if row["links"] else ""
+        return f'<a class="value" href="{html.escape(first)}">{text}</a>'
+    if key == "delta" and row["significant"]:
+        return f'<span class="sig">{text}</span>'
+    return text
+
+
+def _options(rows: list[dict], key: str) -> str:
+    values = sorted({r[key] for r in rows})
+    return "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values)
+
+
+SCRIPT = """
+const table = document.getElementById('board');
+const body = table.tBodies[0];
+let sortKey = null, ascending = true;
+function sortBy(th) {
+  const key = th.dataset.key, numeric = th.dataset.numeric === '1';
+  ascending = sortKey === key ? !ascending : !numeric;  // numbers: largest first on the first click
+  sortKey = key;
+  const rows = Array.from(body.rows);
+  const index = th.cellIndex;
+  rows.sort((a, b) => {
+    const x = a.cells[index].dataset.sort, y = b.cells[index].dataset.sort;
+    const c = numeric ? parseFloat(x) - parseFloat(y) : x.localeCompare(y);
+    return ascending ? c : -c;
+  });
+  rows.forEach(r => body.appendChild(r));
+  table.querySelectorAll('th').forEach(h => h.removeAttribute('aria-sort'));
+  th.setAttribute('aria-sort', ascending ? 'ascending' : 'descending');
+}
+table.querySelectorAll('th').forEach(th => th.addEventListener('click', () => sortBy(th)));
+function applyFilters() {
+  const wanted = {};
+  document.querySelectorAll('select.filter').forEach(s => { wanted[s.dataset.key] = s.value; });
+  Array.from(body.rows).forEach(r => {
+    const show = Object.entries(wanted).every(([k, v]) => !v || r.dataset[k] === v);
+    r.style.display = show ? '' : 'none';
+  });
+}
+document.querySelectorAll('select.filter').forEach(s => s.addEventListener('change', applyFilters));
+"""
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; }
+th { background: #f0f0f0; cursor: pointer; user-select: none; }
+th[aria-sort=ascending]::after { content: ' ▲'; } th[aria-sort=descending]::after { content: ' ▼'; }
+.sig { font-weight: bold; color: #0a5; }
+figure { display: inline-block; margin: 1em; max-width: 46%; } figure img { max-width: 100%; }
+"""
+
+
+def render_html(rows: list[dict], figures: list[tuple[str, str]], legend: str) -> str:
+    head = "".join(f'<th data-key="{k}" data-numeric="{int(num)}">{html.escape(h)}</th>' for k, h, num in COLUMNS)
+    body = []
+    for r in rows:
+        attrs = " ".join(f'data-{k}="{html.escape(str(r[k]))}"' for k in ("dataset", "protocol", "backbone"))
+        cells = "".join(f'<td class="{k}" data-sort="{html.escape(_sort_value(r, k))}">{_cell(r, k)}</td>'
+                        for k, _, _ in COLUMNS)
+        body.append(f"<tr {attrs}>{cells}</tr>")
+    filters = "".join(f'<label>{k} <select class="filter" data-key="{k}" id="filter-{k}"><option value="">all'
+                      f'</option>{_options(rows, k)}</select></label> ' for k in ("dataset", "protocol", "backbone"))
+    figs = "".join(f'<figure><a href="{html.escape(path)}"><img src="{html.escape(path)}" alt="{html.escape(c)}">'
+                   f'</a><figcaption>{html.escape(c)} (<a href="{html.escape(path[:-4])}.svg">SVG</a>)</figcaption>'
+                   f'</figure>' for c, path in figures)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>discbench leaderboard</title><style>{STYLE}</style></head>
+<body>
+<h1>discbench leaderboard</h1>
+<p>Top-1 accuracy (%) on the test split at the last epoch, mean ± sample std over seeds (n = seeds); the same numbers
+as <a href="LEADERBOARD.md">LEADERBOARD.md</a>, generated by <code>discbench publish</code> from the run records.
+Click a column header to sort; filter by dataset, protocol and backbone.</p>
+<p>{filters}</p>
+<table id="board"><thead><tr>{head}</tr></thead><tbody>
+{chr(10).join(body)}
+</tbody></table>
+<p id="legend">{html.escape(legend)}</p>
+<h2>Figures</h2>
+{figs or '<p>No figures: no records with a term history or with more than one row.</p>'}
+<script>{SCRIPT}</script>
+</body></html>
+"""
+
+
+LEGEND = ("Δ: difference of means to the baseline row of the same table and column, 95 % confidence interval from "
+          "Welch's t-test (scipy.stats, unequal variances, seeds unpaired); marked † and bold when it excludes 0. "
+          "Two-network rows of different pairs show net1 / net2 and compare net1. Step: training step time on the "
+          "records' device; Peak memory: CUDA max allocated, or the CPU process's peak RSS (see LEADERBOARD.md).")
+
+
+def publish(results_dirs: Iterable, out_dir: Path, suites=(), budget: str | None = None, config_path=None,
+            echo=None) -> list[Path]:
+    """Write the site into ``out_dir``; the paths written (the markdown, the page, the figures).
+
+    A record inside ``out_dir`` (e.g. ``--out results`` over ``results/runs``) is linked where it lies; the others
+    are copied into ``records/<run id>.json``."""
+    import os
+
+    from discbench.figures import section
+    from discbench.leaderboard import combine, sections
+    from discbench.records import collect
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DiscbenchError(f"--out {out_dir} is a file; give a directory for the site")
+    found = collect(list(results_dirs))
+    for line in found.messages():
+        if echo:
+            echo(line)
+    parts = sections(found.records, suites, budget, config_path)
+    figures_dir = out_dir / "figures"
+    if figures_dir.exists():
+        shutil.rmtree(figures_dir)
+    figures_md, figures = section(parts, figures_dir)
+    md = combine(parts) + "\n" + figures_md
+    rows = [row for name, _, records in parts for row in board_rows(name, records)]
+    records_dir = out_dir / "records"
+    if records_dir.exists():
+        shutil.rmtree(records_dir)
+    site = out_dir.resolve()
+    links = {}
+    for run_id in sorted({rid for row in rows for _, rid in row["runs"]}):
+        source = found.sources[run_id][0].resolve()
+        if source.is_relative_to(site):
+            links[run_id] = Path(os.path.relpath(source, site)).as_posix()
+        else:
+            records_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, records_dir / f"{run_id}.json")
+            links[run_id] = f"records/{run_id}.json"
+    for row in rows:
+        row["links"] = [(seed, links[rid]) for seed, rid in row["runs"]]
+    written = [out_dir / "LEADERBOARD.md", out_dir / "index.html"]
+    atomic_write_text(written[0], md + "\n")
+    atomic_write_text(written[1], render_html(rows, [(f.caption, f.png) for f in figures], LEGEND))
+    return written + [out_dir / f.png for f in figures]
