@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -22,8 +23,10 @@ import torch
 from torch import Tensor
 
 from discbench.api import LossContext, Protocol
+from discbench.checkpoint import CheckpointPlan, Position, Preempted, restore, snapshot, stop_requested
 from discbench.config import Bench, RunConfig
 from discbench.contract import preflight
+from discbench.distributed import Distributed
 from discbench.errors import DiscbenchError, NonFiniteLossError
 from discbench.kernels import select_impl
 from discbench.registry import PROTOCOLS
@@ -108,24 +111,34 @@ def show_running_means(item: tuple[list[str], Tensor, int] | None) -> str | None
 class TrainedRun:
     """What ``train`` returns: the run record (not yet written) and the trained protocol (its networks)."""
 
-    record: RunRecord
+    record: RunRecord | None  # None on DDP ranks other than 0
     system: Protocol
 
 
 def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool = True,
-          teacher: Teacher | None = None) -> TrainedRun:
-    """Train one seed of ``cfg`` on ``data`` (against ``teacher`` for protocols that need one)."""
+          teacher: Teacher | None = None, checkpoint: CheckpointPlan | None = None,
+          dist: Distributed | None = None) -> TrainedRun:
+    """Train one seed of ``cfg`` on ``data`` (against ``teacher`` for protocols that need one).
+
+    With a ``checkpoint`` plan the run resumes from its newest valid checkpoint and writes one at every epoch end
+    (and every ``checkpoint.every_steps`` steps); a stop request (SIGTERM under ``stop_on_signals``) writes one at
+    the next step and raises ``Preempted``. ``dist`` trains one rank of a torchrun group (``discbench.distributed``).
+    """
     started = time.time()
+    dist = dist or Distributed()
     seed_everything(seed, device)
-    runtime = effective_runtime(cfg, device)
+    r = cfg.recipe
+    runtime = {**effective_runtime(cfg, device), **dist.runtime(r.batch_size)}
     system = PROTOCOLS.get(cfg.protocol_name)(cfg, teacher=teacher.network if teacher else None).to(device)
     if runtime["channels_last"]:
         system = system.to(memory_format=torch.channels_last)
     image_shape = (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
     cost = system.cost(image_shape)
-    step_fn = torch.compile(system) if runtime["compile"] else system
+    system = dist.prepare(system, device)
+    runtime["batchnorm"] = dist.batchnorm
+    model = dist.wrap(system, device)
+    step_fn = torch.compile(model) if runtime["compile"] else model
 
-    r = cfg.recipe
     params = [p for p in system.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay,
                                 nesterov=r.nesterov)
@@ -137,52 +150,80 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
     if steps_per_epoch == 0:
         raise DiscbenchError(f"batch size {r.batch_size} exceeds the {data.num_train} training samples; lower "
                              f"recipe.batch_size or raise recipe.train_subset")
-    epochs, step, train_seconds = [], 0, 0.0
-    for epoch in range(r.epochs):
+    pos = Position()
+    if checkpoint is not None:
+        state = dist.broadcast(checkpoint.load(cfg.hash, seed) if dist.is_main else None)
+        if state is not None:
+            pos = restore(state, system, optimizer, scheduler, generator, device, checkpoint.path)
+            if progress and dist.is_main:
+                print(f"resuming {cfg.label} | {cfg.backbone} | seed {seed} from {checkpoint.path}: epoch "
+                      f"{pos.epoch + 1}, step {pos.epoch_step}/{steps_per_epoch}", file=sys.stderr)
+
+    def save() -> None:
+        if checkpoint is not None and dist.is_main:
+            checkpoint.save(snapshot(cfg, seed, pos, system, optimizer, scheduler, generator))
+
+    for epoch in range(pos.epoch, r.epochs):
         epoch_start = time.time()
-        sums: Tensor | None = None
-        keys: list[str] = []
-        epoch_steps = 0
+        if pos.order is None:
+            pos.order = data.epoch_order(generator)
         bar = click.progressbar(length=steps_per_epoch, label=f"{cfg.label} | {cfg.backbone} | seed {seed} | "
-                                f"epoch {epoch + 1}/{r.epochs}", hidden=not progress, file=sys.stderr,
-                                show_pos=True, item_show_func=show_running_means)
+                                f"epoch {epoch + 1}/{r.epochs}", hidden=not (progress and dist.is_main),
+                                file=sys.stderr, show_pos=True, item_show_func=show_running_means)
         with bar:
-            for batch in data.train_epoch(r.batch_size, generator):
+            bar.update(pos.epoch_step)
+            for batch in data.train_epoch(r.batch_size, generator, pos.order, pos.epoch_step, dist.rank,
+                                          dist.world_size):
                 x = batch.x.contiguous(memory_format=torch.channels_last) if runtime["channels_last"] else batch.x
-                ctx = LossContext(step=step, epoch=epoch, protocol=cfg.protocol_name, labels=batch.y,
+                ctx = LossContext(step=pos.step, epoch=epoch, protocol=cfg.protocol_name, labels=batch.y,
                                   indices=batch.idx, dataset_size=data.num_train, num_classes=cfg.dataset.num_classes,
                                   critic_impl=runtime["critic_impl"])
                 with autocast:
                     out = step_fn(x, batch.y, ctx)
-                keys = list(out.terms)
-                values = torch.stack([out.total.detach().float(), *(v.float() for v in out.terms.values())])
-                check_finite(out.terms, values, step, epoch)
+                pos.keys = list(out.terms)
+                values = dist.average(torch.stack([out.total.detach().float(),
+                                                   *(v.float() for v in out.terms.values())]))
+                check_finite(out.terms, values, pos.step, epoch)
                 optimizer.zero_grad(set_to_none=True)
                 out.total.backward()
                 optimizer.step()
-                sums = values if sums is None else sums + values
-                step += 1
-                epoch_steps += 1
-                bar.update(1, (keys, sums, epoch_steps))
+                pos.sums = values if pos.sums is None else pos.sums + values
+                pos.step += 1
+                pos.epoch_step += 1
+                bar.update(1, (pos.keys, pos.sums, pos.epoch_step))
+                stop = dist.any(stop_requested() is not None, device)
+                if stop or (checkpoint is not None and checkpoint.every_steps
+                            and pos.step % checkpoint.every_steps == 0 and pos.epoch_step < steps_per_epoch):
+                    pos.train_seconds += time.time() - epoch_start
+                    epoch_start = time.time()
+                    save()
+                if stop:
+                    where = f"checkpoint {checkpoint.path}" if checkpoint is not None else "no checkpoint"
+                    signum = stop_requested() or signal.SIGTERM
+                    raise Preempted(signum, f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step "
+                                            f"{pos.epoch_step}/{steps_per_epoch} of seed {seed}; {where} written "
+                                            f"(rerun the same command to resume)")
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        train_seconds += time.time() - epoch_start
-        means = dict(zip(["loss", *keys], (sums / steps_per_epoch).tolist(), strict=True))
+        pos.train_seconds += time.time() - epoch_start
+        means = dict(zip(["loss", *pos.keys], (pos.sums / steps_per_epoch).tolist(), strict=True))
         record = {"epoch": epoch + 1, "lr": lr, "train_terms": means, "train_seconds": time.time() - epoch_start}
-        if (epoch + 1) % r.eval_every == 0 or epoch + 1 == r.epochs:
+        if dist.is_main and ((epoch + 1) % r.eval_every == 0 or epoch + 1 == r.epochs):
             record["top1"] = evaluate(system, data, r.eval_batch_size, runtime["channels_last"])
             if progress:
                 accs = " ".join(f"{k} {v:.2f}" for k, v in record["top1"].items())
                 print(f"  epoch {epoch + 1}: {summarize(means)} | top-1 {accs}", file=sys.stderr)
-        epochs.append(record)
+        pos.end_epoch(record)
+        save()
 
-    images = step * r.batch_size
+    images = pos.step * r.batch_size
     record = new_record(
-        cfg, seed, epochs, system.classifiers(), runtime=runtime, cost=cost,
-        timing={"wall_seconds": time.time() - started, "train_seconds": train_seconds, "steps": step,
-                "images_per_second": images / train_seconds, "steps_per_second": step / train_seconds},
+        cfg, seed, pos.epochs, system.classifiers(), runtime=runtime, cost=cost,
+        timing={"wall_seconds": time.time() - started, "train_seconds": pos.train_seconds, "steps": pos.step,
+                "images_per_second": images / pos.train_seconds, "steps_per_second": pos.step / pos.train_seconds,
+                "resumed": pos.resumed},
         teacher=teacher.summary() if teacher else None,
-    )
+    ) if dist.is_main else None
     return TrainedRun(record, system)
 
 
