@@ -15,7 +15,8 @@ Files, beside the record in ``<results>/<dataset>/<budget>/<protocol>/``, named 
 - Loading tries ``.ckpt`` then ``.ckpt.prev`` with ``torch.load(weights_only=True)`` (a pickle that would run code
   is refused). A truncated or unreadable file is moved aside to ``<name>.corrupt`` (nothing is deleted) with one
   warning line and the next one is tried; a checkpoint of another configuration hash, seed or checkpoint schema is
-  refused with one line (``DiscbenchError``): delete it, or pass ``--force`` to start the seed over.
+  refused with one line (``DiscbenchError``): delete it to start the seed over. ``--force`` (rerun a seed whose
+  record exists) still resumes an unfinished seed's checkpoint.
 
 A stop request (SIGTERM, or the signal a cluster sends before preemption) is noted by a handler and acted on at the
 next step boundary: the loop writes a checkpoint and raises ``Preempted`` (the CLI exits with 128 + the signal).
@@ -98,15 +99,13 @@ class CheckpointPlan:
         path: the newest checkpoint (``<stem>.ckpt``); ``<stem>.ckpt.prev`` keeps the one before it.
         every_steps: also checkpoint every this many steps (0: at epoch ends only).
         enabled: False writes nothing (and resumes nothing); the stop request still stops the run.
-        resume: load an existing checkpoint (False: delete it and start over, as ``--force`` does).
+        writer: False on DDP ranks other than 0, which never write.
     """
 
     path: Path
     every_steps: int = 0
     enabled: bool = True
-    resume: bool = True
-    writer: bool = True  # False on DDP ranks other than 0: they never write
-    events: list[dict[str, Any]] = field(default_factory=list)
+    writer: bool = True
 
     @property
     def previous(self) -> Path:
@@ -147,9 +146,6 @@ class CheckpointPlan:
         """The newest valid checkpoint of (``config_hash``, ``seed``), or None. Unreadable files are moved aside."""
         if not self.enabled:
             return None
-        if not self.resume:
-            self.remove()
-            return None
         for candidate in (self.path, self.previous):
             if not candidate.exists():
                 continue
@@ -168,7 +164,7 @@ class CheckpointPlan:
 
 def check_identity(state: Any, where: Path, config_hash: str, seed: int) -> None:
     """Refuse, in one line, a checkpoint that is not ours: another format, schema, configuration or seed."""
-    fix = f"delete {where} or pass --force to start the seed over"
+    fix = f"delete {where} to start the seed over"
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DiscbenchError(f"{where} is not a discbench checkpoint; {fix}")
     if state.get("schema") != SCHEMA:
@@ -213,8 +209,8 @@ def load_module_state(module: nn.Module, state: dict[str, Any], where: Path) -> 
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise DiscbenchError(f"{where} does not fit this run's networks ({str(exc).splitlines()[0]}); delete it or "
-                             f"pass --force to start the seed over") from exc
+        raise DiscbenchError(f"{where} does not fit this run's networks ({str(exc).splitlines()[0]}); delete it to "
+                             f"start the seed over") from exc
 
 
 def _device_of(module: nn.Module) -> torch.device:

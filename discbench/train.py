@@ -22,8 +22,10 @@ import click
 import torch
 from torch import Tensor
 
+from discbench import claims
 from discbench.api import LossContext, Protocol
 from discbench.checkpoint import CheckpointPlan, Position, Preempted, restore, snapshot, stop_requested
+from discbench.claims import DEFAULT_STALE_AFTER, seed_files
 from discbench.config import Bench, RunConfig
 from discbench.contract import preflight
 from discbench.distributed import Distributed
@@ -105,6 +107,14 @@ def show_running_means(item: tuple[list[str], Tensor, int] | None) -> str | None
         return None
     keys, sums, steps = item
     return summarize(dict(zip(["loss", *keys], (sums / steps).tolist(), strict=True)))
+
+
+class SeedsFailed(DiscbenchError):
+    """Some seeds of a ``keep_going`` run failed (each left a failure record); the others were written."""
+
+    def __init__(self, count: int, written: list[Path]):
+        self.count, self.written = count, written
+        super().__init__(f"{count} seed(s) failed; 'discbench status' shows why, and the next run retries them")
 
 
 @dataclass
@@ -243,38 +253,96 @@ class DataCache:
         return self._open[key]
 
 
+@dataclass
+class RunOptions:
+    """How seeds survive and share: checkpoint cadence, what to keep, when another host's claim is stale."""
+
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: epoch ends only)
+    keep_checkpoints: bool = False  # keep the checkpoints once the record is written
+    stale_after: float = DEFAULT_STALE_AFTER  # seconds without heartbeat before a claim is taken over
+    keep_going: bool = False  # a failed seed records its failure and the next seed trains (sweeps)
+
+
 def run_seeds(cfg: RunConfig, seeds: Iterable[int], results_dir: Path, device: torch.device, force: bool = False,
               progress: bool = True, data: DataCache | None = None, bench: Bench | None = None,
-              teachers: TeacherStore | None = None) -> list[Path]:
+              teachers: TeacherStore | None = None, options: RunOptions | None = None,
+              dist: Distributed | None = None) -> list[Path]:
     """Train each seed of ``cfg`` whose record does not exist yet (all with ``force``) and write its record.
 
     A protocol that needs a teacher finds it in ``teachers`` (verified once, before the first seed) and the teacher's
     identity becomes part of the configuration, so its hash names the teacher too. ``data`` lets a sweep open each
     dataset once. Before the first seed it trains, the plugins pass the pre-flight check (``discbench.contract``:
     one forward and backward at batch 2 on the CPU, with the loaded teacher); a failure writes no record.
+
+    Each seed is claimed first (``discbench.claims``; a seed another live process claims is skipped), resumes from
+    its checkpoint if it has one (``discbench.checkpoint``), and leaves a failure record when it fails (then the
+    error propagates, or with ``options.keep_going`` the next seed trains). Under torchrun (``dist``) rank 0
+    claims, checkpoints and writes; the other ranks follow its decisions.
     """
+    opts = options or RunOptions()
+    dist = dist or Distributed()
     data = data or DataCache()
     teacher = None
     if PROTOCOLS.get(cfg.protocol_name).needs_teacher:
         teachers = teachers or TeacherStore()
         cfg = teachers.attach(bench or Bench.load(), cfg)
         teacher = teachers.load(cfg, device)
-    written, checked = [], False
+    written, checked, failures = [], False, []
     for seed in seeds:
         existing = find_record(results_dir, cfg, seed)
         if existing and not force:
-            print(f"skip {cfg.label} | {cfg.backbone} | seed {seed}: {existing} exists (--force reruns it)",
-                  file=sys.stderr)
+            if dist.is_main:
+                print(f"skip {cfg.label} | {cfg.backbone} | seed {seed}: {existing} exists (--force reruns it)",
+                      file=sys.stderr)
             continue
         if not checked:
             preflight(cfg, teacher=teacher.network if teacher else None)
             checked = True
-        record = train(cfg, seed, data.get(cfg, device), device, progress=progress, teacher=teacher).record
-        path = existing if existing else record_path(results_dir, cfg, seed)
-        write_record(path, record)
-        print(f"wrote {path}: top-1 " + " ".join(f"{k} {v:.2f}" for k, v in record.final_top1.items()),
-              file=sys.stderr)
-        written.append(path)
+        files = seed_files(results_dir, cfg, seed)
+        claim = claims.acquire(files.claim, opts.stale_after) if dist.is_main else None
+        busy = dist.broadcast(None if claim is None or isinstance(claim, claims.HeldClaim) else claims.describe(claim))
+        if busy:
+            if dist.is_main:
+                print(f"skip {cfg.label} | {cfg.backbone} | seed {seed}: running on {busy} ({files.claim})",
+                      file=sys.stderr)
+            continue
+        try:
+            done = dist.broadcast(find_record(results_dir, cfg, seed) if dist.is_main else None)
+            if done and done != existing:  # another process finished it while this one was looking
+                if dist.is_main:
+                    print(f"skip {cfg.label} | {cfg.backbone} | seed {seed}: {done} exists", file=sys.stderr)
+                continue
+            plan = CheckpointPlan(files.checkpoint, every_steps=opts.checkpoint_every, writer=dist.is_main)
+            record = train(cfg, seed, data.get(cfg, device), device, progress=progress, teacher=teacher,
+                           checkpoint=plan, dist=dist).record
+            if not dist.is_main:
+                continue
+            if claim.lost:
+                print(f"not writing {cfg.label} | {cfg.backbone} | seed {seed}: another process took its claim over",
+                      file=sys.stderr)
+                continue
+            path = existing if existing else record_path(results_dir, cfg, seed)
+            write_record(path, record)
+            files.failed.unlink(missing_ok=True)
+            if not opts.keep_checkpoints:
+                plan.remove()
+            print(f"wrote {path}: top-1 " + " ".join(f"{k} {v:.2f}" for k, v in record.final_top1.items()),
+                  file=sys.stderr)
+            written.append(path)
+        except (Preempted, KeyboardInterrupt):
+            raise  # the checkpoint is the record of progress; the seed is pending, not failed
+        except Exception as exc:
+            if dist.is_main:
+                claims.write_failure(files, cfg, seed, exc)
+            if not opts.keep_going:
+                raise
+            failures.append(exc)
+            print(f"failed {cfg.label} | {cfg.backbone} | seed {seed}: {exc}", file=sys.stderr)
+        finally:
+            if isinstance(claim, claims.HeldClaim):
+                claim.release()
+    if failures:
+        raise SeedsFailed(len(failures), written)
     return written
 
 
