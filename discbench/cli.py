@@ -221,10 +221,15 @@ def sweep(suite, budget, seeds, out, launcher, workers, partition, time_limit, g
                               bench=bench, teachers=teachers, options=options)
                 except SeedsFailed as exc:
                     failed.extend([cfg.label] * exc.count)
-    text = render_suite(s, configs, n_seeds, load_records(results_dir)) if results_dir.is_dir() else ""
-    if out:
+    try:
+        text = render_suite(s, configs, n_seeds, load_records(results_dir))
+    except DiscbenchError as exc:  # no seed has a record yet (others are running, or every one failed)
+        click.echo(f"no tables yet: {exc}", err=True)
+        text = ""
+    if text and out:
         _write_text(out, text)
-    click.echo(text)
+    if text:
+        click.echo(text)
     if failed:
         raise DiscbenchError(f"{len(failed)} seed(s) failed; 'discbench status --suite {suite} --results-dir "
                              f"{results_dir}' shows why, and the next sweep retries them")

@@ -9,6 +9,7 @@ the position inside the epoch, the running sums of the epoch's loss terms).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -68,10 +69,8 @@ def interrupt(results: Path, sig: int, rng: random.Random) -> tuple[int, str, in
     while proc.poll() is None and step < target:
         ckpt = checkpoint_of(results)
         if ckpt is not None:
-            try:
+            with contextlib.suppress(Exception):  # renamed under us between the glob and the read: read the next
                 step = torch.load(ckpt, weights_only=True)["step"]
-            except Exception:  # renamed under us between the glob and the read: read the next one
-                pass
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(sig)
