@@ -506,7 +506,8 @@ def main() -> None:
         signum = getattr(exc, "signum", None)  # discbench.checkpoint.Preempted: stopped by a signal, resumable
         sys.exit(128 + signum if signum else 2)
     except KeyboardInterrupt:
-        click.echo("interrupted: records of finished seeds are kept, the current seed wrote nothing", err=True)
+        click.echo("interrupted: records of finished seeds are kept; the current seed resumes from its last "
+                   "checkpoint when run again", err=True)
         sys.exit(130)
 
 

@@ -362,7 +362,8 @@ def train_teachers(bench: Bench, backbone: str, dataset: str, budget: str, seeds
                   f"(--force retrains it)", file=sys.stderr)
             stored.append(manifest)
             continue
-        run = train(cfg, seed, data.get(cfg, device), device, progress=progress)
+        plan = CheckpointPlan(seed_files(results_dir, cfg, seed).checkpoint)  # a killed teacher resumes too
+        run = train(cfg, seed, data.get(cfg, device), device, progress=progress, checkpoint=plan)
         if find_record(results_dir, cfg, seed) is None:  # the same plain run may be published already (a `none` row)
             write_record(record_path(results_dir, cfg, seed), run.record)
         top1 = run.record.last_top1("net")
@@ -372,6 +373,7 @@ def train_teachers(bench: Bench, backbone: str, dataset: str, budget: str, seeds
                     "top1": top1, "source": "trained", "config_hash": cfg.hash, "config": cfg.to_dict(),
                     "provenance": run.record.provenance}
         path = teachers.save(run.system.net, manifest, force=force)
+        plan.remove()
         print(f"stored teacher {backbone} | {dataset} | seed {seed}: top-1 {top1:.2f} in {path}", file=sys.stderr)
         stored.append(teachers.manifest(teacher_id))
     return stored
