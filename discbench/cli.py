@@ -187,7 +187,7 @@ def sweep(suite, budget, seeds, out, launcher, workers, partition, time_limit, g
                   for c in configs}
         for backbone, dataset, teacher_budget, seed in sorted(wanted):
             train_teachers(bench, backbone, dataset, teacher_budget, [seed], teachers, results_dir, dev,
-                           progress=not quiet, data=data)
+                           progress=not quiet, data=data, options=options)
     if executor is not None:
         from discbench.launch import SeedJob, submit
 

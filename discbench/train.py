@@ -348,32 +348,63 @@ def run_seeds(cfg: RunConfig, seeds: Iterable[int], results_dir: Path, device: t
 
 def train_teachers(bench: Bench, backbone: str, dataset: str, budget: str, seeds: Iterable[int],
                    teachers: TeacherStore, results_dir: Path, device: torch.device, force: bool = False,
-                   progress: bool = True, data: DataCache | None = None) -> list[dict]:
+                   progress: bool = True, data: DataCache | None = None,
+                   options: RunOptions | None = None) -> list[dict]:
     """Train a plain ``backbone`` per seed with the offline recipe of ``budget`` and store it as a teacher (its run
-    record is written too, as the ``none`` row it is). A seed already stored is kept unless ``force``."""
+    record is written too, as the ``none`` row it is). A seed already stored is kept unless ``force``.
+
+    A teacher is claimed and checkpointed like any seed; a teacher another live process is training is waited for
+    (its students need it), then used."""
+    opts = options or RunOptions()
     data = data or DataCache()
     cfg = teacher_config(bench, backbone, dataset, budget)
     stored = []
     for seed in seeds:
         teacher_id = f"{cfg.hash}-seed{seed}"
-        manifest = teachers.manifest(teacher_id)
-        if manifest is not None and not force:
+        files = seed_files(results_dir, cfg, seed)
+        claim, waiting = None, False
+        while True:
+            manifest = teachers.manifest(teacher_id)
+            if manifest is not None and not (force and claim is None and not waiting):
+                break
+            claim = claims.acquire(files.claim, opts.stale_after)
+            if isinstance(claim, claims.HeldClaim):
+                manifest = None if force else teachers.manifest(teacher_id)  # finished while this one looked?
+                break
+            if not waiting:
+                print(f"waiting for teacher {backbone} | {dataset} | seed {seed}: being trained on "
+                      f"{claims.describe(claim)}", file=sys.stderr)
+                waiting = True
+            claim = None
+            time.sleep(max(0.5, min(10.0, opts.stale_after / 4)))
+        if manifest is not None:
+            if isinstance(claim, claims.HeldClaim):
+                claim.release()
             print(f"skip teacher {backbone} | {dataset} | seed {seed}: {teachers.root / teacher_id} exists "
                   f"(--force retrains it)", file=sys.stderr)
             stored.append(manifest)
             continue
-        plan = CheckpointPlan(seed_files(results_dir, cfg, seed).checkpoint)  # a killed teacher resumes too
-        run = train(cfg, seed, data.get(cfg, device), device, progress=progress, checkpoint=plan)
-        if find_record(results_dir, cfg, seed) is None:  # the same plain run may be published already (a `none` row)
-            write_record(record_path(results_dir, cfg, seed), run.record)
-        top1 = run.record.last_top1("net")
-        ds = cfg.dataset
-        manifest = {"teacher_id": teacher_id, "backbone": backbone, "dataset": dataset, "num_classes": ds.num_classes,
-                    "in_channels": ds.channels, "image_size": ds.image_size, "budget": budget, "seed": seed,
-                    "top1": top1, "source": "trained", "config_hash": cfg.hash, "config": cfg.to_dict(),
-                    "provenance": run.record.provenance}
-        path = teachers.save(run.system.net, manifest, force=force)
-        plan.remove()
+        try:
+            plan = CheckpointPlan(files.checkpoint, every_steps=opts.checkpoint_every)  # a killed teacher resumes
+            run = train(cfg, seed, data.get(cfg, device), device, progress=progress, checkpoint=plan)
+            if find_record(results_dir, cfg, seed) is None:  # the same plain run may be published already (`none`)
+                write_record(record_path(results_dir, cfg, seed), run.record)
+            top1 = run.record.last_top1("net")
+            ds = cfg.dataset
+            manifest = {"teacher_id": teacher_id, "backbone": backbone, "dataset": dataset,
+                        "num_classes": ds.num_classes, "in_channels": ds.channels, "image_size": ds.image_size,
+                        "budget": budget, "seed": seed, "top1": top1, "source": "trained", "config_hash": cfg.hash,
+                        "config": cfg.to_dict(), "provenance": run.record.provenance}
+            path = teachers.save(run.system.net, manifest, force=force)
+            if not opts.keep_checkpoints:
+                plan.remove()
+        except (Preempted, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            claims.write_failure(files, cfg, seed, exc)
+            raise
+        finally:
+            claim.release()
         print(f"stored teacher {backbone} | {dataset} | seed {seed}: top-1 {top1:.2f} in {path}", file=sys.stderr)
         stored.append(teachers.manifest(teacher_id))
     return stored
