@@ -16,6 +16,7 @@ Slurm resources come from the ``[launcher.slurm]`` table of bench.toml (any ``su
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 import sys
@@ -74,7 +75,7 @@ class SeedJob:
                 written = run_seeds(self.cfg, [self.seed], Path(self.results_dir), pick_device(self.device),
                                     force=self.force, progress=False, data=DataCache(self.data_dir, self.download),
                                     bench=Bench.load(self.config_path), teachers=TeacherStore(self.teacher_store),
-                                    options=self.options)
+                                    options=dataclasses.replace(self.options, keep_going=False))  # its own error
         except Preempted as exc:
             print(f"error: {exc}", file=sys.stderr)
             handler = signal.getsignal(exc.signum)  # submitit's again: checkpoint() below, requeue, exit

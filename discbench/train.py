@@ -174,7 +174,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
             checkpoint.save(snapshot(cfg, seed, pos, system, optimizer, scheduler, generator))
 
     for epoch in range(pos.epoch, r.epochs):
-        epoch_start = time.time()
+        epoch_start = segment_start = time.time()
         if pos.order is None:
             pos.order = data.epoch_order(generator)
         bar = click.progressbar(length=steps_per_epoch, label=f"{cfg.label} | {cfg.backbone} | seed {seed} | "
@@ -204,8 +204,8 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
                 stop = dist.any(stop_requested() is not None, device)
                 if stop or (checkpoint is not None and checkpoint.every_steps
                             and pos.step % checkpoint.every_steps == 0 and pos.epoch_step < steps_per_epoch):
-                    pos.train_seconds += time.time() - epoch_start
-                    epoch_start = time.time()
+                    pos.train_seconds += time.time() - segment_start  # checkpoint writes count as training
+                    segment_start = time.time()
                     save()
                 if stop:
                     where = f"checkpoint {checkpoint.path}" if checkpoint is not None else "no checkpoint"
@@ -215,7 +215,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
                                             f"(rerun the same command to resume)")
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        pos.train_seconds += time.time() - epoch_start
+        pos.train_seconds += time.time() - segment_start
         means = dict(zip(["loss", *pos.keys], (pos.sums / steps_per_epoch).tolist(), strict=True))
         record = {"epoch": epoch + 1, "lr": lr, "train_terms": means, "train_seconds": time.time() - epoch_start}
         if dist.is_main and ((epoch + 1) % r.eval_every == 0 or epoch + 1 == r.epochs):
