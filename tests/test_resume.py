@@ -62,8 +62,10 @@ def checkpoint_of(results: Path) -> Path | None:
 
 
 def interrupt(results: Path, sig: int, rng: random.Random) -> tuple[int, str, int]:
-    """Start a run, let it reach a random step (1..TOTAL_STEPS-1, read from its checkpoints), send ``sig``."""
-    target = rng.randint(1, TOTAL_STEPS - 1)
+    """Start a run, let it reach a random step (1..TOTAL_STEPS-2, read from its checkpoints), send ``sig``: at
+    least one step and the last evaluation remain, so the signal lands before the run ends (before the epoch boundary
+    at step 6, on it, or after it)."""
+    target = rng.randint(1, TOTAL_STEPS - 2)
     proc = start(results)
     step = 0
     while proc.poll() is None and step < target:
