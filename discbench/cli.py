@@ -36,6 +36,22 @@ data_options = [
 ]
 
 
+resilience_options = [
+    click.option("--checkpoint-every", default=0, show_default=True, type=click.IntRange(min=0), metavar="STEPS",
+                 help="Also checkpoint every STEPS steps (checkpoints are written at every epoch end)."),
+    click.option("--keep-checkpoints", is_flag=True, help="Keep a seed's checkpoints once its record is written."),
+    click.option("--stale-after", default=600.0, show_default=True, type=click.FloatRange(min=0.0), metavar="SECONDS",
+                 help="A claim whose heartbeat is older than this is taken over (a dead host)."),
+]
+
+
+def run_options(checkpoint_every, keep_checkpoints, stale_after, keep_going=False):
+    from discbench.train import RunOptions
+
+    return RunOptions(checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, stale_after=stale_after,
+                      keep_going=keep_going)
+
+
 def with_options(options):
     def decorate(f):
         for option in reversed(options):
@@ -68,21 +84,36 @@ def cli() -> None:
 @config_option
 @teacher_store_option
 @with_options(data_options)
+@with_options(resilience_options)
 def run(loss, backbone, dataset, budget, protocol, peer, teacher, seeds, overrides, label, results_dir, config_path,
-        teacher_store, data_dir, download, device, force, quiet):
-    """Train seeds 0..N-1 of one configuration and write one record per seed."""
+        teacher_store, data_dir, download, device, force, quiet, checkpoint_every, keep_checkpoints, stale_after):
+    """Train seeds 0..N-1 of one configuration and write one record per seed.
+
+    An unfinished seed resumes from its checkpoint; a seed another process is training is skipped. Under
+    torchrun (torchrun --nproc-per-node N -m discbench run ...) it trains with DistributedDataParallel."""
+    from discbench.checkpoint import stop_on_signals
     from discbench.config import Bench
+    from discbench.distributed import Distributed
     from discbench.teachers import TeacherStore
     from discbench.train import DataCache, pick_device, run_seeds
 
     bench = Bench.load(config_path)
     cfg = bench.resolve(loss, backbone, dataset, budget, protocol, overrides, label,
                         partner={"peer": peer, "teacher": teacher})
-    dev = pick_device(device)
-    click.echo(f"{cfg.label} | {backbone} | {dataset} | {budget} | {protocol} | config {cfg.request_hash} | {dev}",
-               err=True)
-    run_seeds(cfg, range(seeds), results_dir, dev, force=force, progress=not quiet, data=DataCache(data_dir, download),
-              bench=bench, teachers=TeacherStore(teacher_store))
+    dist = Distributed.from_env()
+    try:
+        dist.local_batch(cfg.recipe.batch_size)
+        dev = pick_device(dist.device(device))
+        if dist.is_main:
+            world = f" | {dist.world_size} processes" if dist.enabled else ""
+            click.echo(f"{cfg.label} | {backbone} | {dataset} | {budget} | {protocol} | config {cfg.request_hash} | "
+                       f"{dev}{world}", err=True)
+        with stop_on_signals():
+            run_seeds(cfg, range(seeds), results_dir, dev, force=force, progress=not quiet and dist.is_main,
+                      data=DataCache(data_dir, download), bench=bench, teachers=TeacherStore(teacher_store),
+                      options=run_options(checkpoint_every, keep_checkpoints, stale_after), dist=dist)
+    finally:
+        dist.close()
 
 
 @cli.command()
@@ -91,27 +122,58 @@ def run(loss, backbone, dataset, budget, protocol, peer, teacher, seeds, overrid
 @click.option("--seeds", default=None, type=click.IntRange(min=1), help="Seeds per row instead of the suite's.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the suite's tables to this file.")
+@click.option("--launcher", type=click.Choice(["inline", "local", "slurm"]), default="inline", show_default=True,
+              help="inline: train here, one seed after another; local: one submitit job (process) per seed here; "
+                   "slurm: one Slurm array task per seed.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="--launcher local: jobs running at once.")
+@click.option("--partition", default=None, help="--launcher slurm: the partition.")
+@click.option("--time", "time_limit", default=None, help="--launcher slurm: time limit per job ([D-]HH:MM:SS or "
+                                                           "minutes).")
+@click.option("--gpus-per-task", default=None, type=click.IntRange(min=0), help="--launcher slurm.")
+@click.option("--cpus-per-task", default=None, type=click.IntRange(min=1), help="--launcher slurm.")
+@click.option("--mem", default=None, help="--launcher slurm: memory per node, e.g. 32G.")
+@click.option("--account", default=None, help="--launcher slurm.")
+@click.option("--array-parallelism", default=None, type=click.IntRange(min=1),
+              help="--launcher slurm: array tasks running at once.")
+@click.option("--jobs-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="submitit's job folder (logs, pickles); default: <results-dir>/.jobs.")
 @results_option
 @config_option
 @teacher_store_option
 @with_options(data_options)
-def sweep(suite, budget, seeds, out, results_dir, config_path, teacher_store, data_dir, download, device, force,
-          quiet):
+@with_options(resilience_options)
+def sweep(suite, budget, seeds, out, launcher, workers, partition, time_limit, gpus_per_task, cpus_per_task, mem,
+          account, array_parallelism, jobs_dir, results_dir, config_path, teacher_store, data_dir, download, device,
+          force, quiet, checkpoint_every, keep_checkpoints, stale_after):
     """Run every (row, backbone, dataset, seed) of a suite, skipping existing records, then print its tables.
 
-    An offline suite first trains (and stores) every teacher it names that the teacher store lacks."""
+    An offline suite first trains (and stores) every teacher it names that the teacher store lacks. Seeds another
+    process is training are skipped; a failed seed leaves a failure record (discbench status) and the others go on.
+    """
+    from discbench.checkpoint import stop_on_signals
     from discbench.config import Bench
     from discbench.contract import preflight
     from discbench.leaderboard import render_suite
     from discbench.registry import PROTOCOLS
     from discbench.results import find_record, load_records
     from discbench.teachers import TeacherStore
-    from discbench.train import DataCache, pick_device, run_seeds, train_teachers
+    from discbench.train import DataCache, SeedsFailed, pick_device, run_seeds, train_teachers
 
     bench = Bench.load(config_path)
     s = bench.suite(suite)
     configs = bench.suite_configs(s, budget)
     n_seeds = seeds or s.seeds
+    options = run_options(checkpoint_every, keep_checkpoints, stale_after, keep_going=True)
+    executor = None
+    if launcher != "inline":
+        from discbench.launch import make_executor, slurm_parameters
+
+        slurm = slurm_parameters(bench.data.get("launcher", {}).get("slurm", {}), {
+            "partition": partition, "time": time_limit, "gpus_per_task": gpus_per_task, "cpus_per_task":
+            cpus_per_task, "mem": mem, "account": account, "array_parallelism": array_parallelism,
+        }) if launcher == "slurm" else None
+        executor = make_executor(launcher, jobs_dir or results_dir / ".jobs", slurm)
     dev = pick_device(device)
     data = DataCache(data_dir, download)
     teachers = TeacherStore(teacher_store)
@@ -130,16 +192,52 @@ def sweep(suite, budget, seeds, out, results_dir, config_path, teacher_store, da
                   for c in configs}
         for backbone, dataset, teacher_budget, seed in sorted(wanted):
             train_teachers(bench, backbone, dataset, teacher_budget, [seed], teachers, results_dir, dev,
-                           progress=not quiet, data=data)
-    for i, cfg in enumerate(configs, 1):
-        click.echo(f"[{i}/{len(configs)}] {cfg.label} | {cfg.backbone} | {cfg.dataset.name} | {cfg.budget} | "
-                   f"config {cfg.request_hash}", err=True)
-        run_seeds(cfg, range(n_seeds), results_dir, dev, force=force, progress=not quiet, data=data, bench=bench,
-                  teachers=teachers)
-    text = render_suite(s, configs, n_seeds, load_records(results_dir, echo=_note))
-    if out:
+                           progress=not quiet, data=data, options=options)
+    if executor is not None:
+        from discbench.launch import SeedJob, submit
+
+        jobs = [SeedJob(cfg, seed, str(results_dir), config_path, str(teacher_store) if teacher_store else None,
+                        data_dir, download, device, force, options)
+                for cfg in configs for seed in range(n_seeds)
+                if force or find_record(results_dir, cfg, seed) is None]
+        handles = submit(executor, jobs, launcher, workers)
+        if launcher == "slurm":
+            click.echo(f"submitted {len(handles)} jobs to Slurm (array {handles[0].job_id.split('_')[0]}) "
+                       f"; follow them with: discbench status --suite {suite} --results-dir {results_dir}"
+                       if handles else "nothing to submit: every seed has a record", err=True)
+            return
+        failed = []
+        for job, handle in zip(jobs, handles, strict=True):
+            try:
+                handle.result()
+            except Exception as exc:
+                reason = next((line for line in reversed(str(exc).splitlines()) if line.strip()), repr(exc))
+                failed.append(f"{job.cfg.label} | {job.cfg.backbone} | seed {job.seed}: {reason.strip()}")
+        for line in failed:
+            click.echo(f"failed {line}", err=True)
+    else:
+        failed = []
+        with stop_on_signals():
+            for i, cfg in enumerate(configs, 1):
+                click.echo(f"[{i}/{len(configs)}] {cfg.label} | {cfg.backbone} | {cfg.dataset.name} | {cfg.budget} | "
+                           f"config {cfg.request_hash}", err=True)
+                try:
+                    run_seeds(cfg, range(n_seeds), results_dir, dev, force=force, progress=not quiet, data=data,
+                              bench=bench, teachers=teachers, options=options)
+                except SeedsFailed as exc:
+                    failed.extend([cfg.label] * exc.count)
+    try:
+        text = render_suite(s, configs, n_seeds, load_records(results_dir, echo=_note))
+    except DiscbenchError as exc:  # no seed has a record yet (others are running, or every one failed)
+        click.echo(f"no tables yet: {exc}", err=True)
+        text = ""
+    if text and out:
         _write_text(out, text)
-    click.echo(text)
+    if text:
+        click.echo(text)
+    if failed:
+        raise DiscbenchError(f"{len(failed)} seed(s) failed; 'discbench status --suite {suite} --results-dir "
+                             f"{results_dir}' shows why, and the next sweep retries them")
 
 
 PUBLISHED = Path("results") / "LEADERBOARD.md"
@@ -228,6 +326,29 @@ def check_records(directories, clean):
                f"orphaned temporary files" + (" (removed)" if clean and found.orphans else ""))
     if found.problems or found.conflicts:
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--suite", required=True, help="A suite of bench.toml (discbench list suites).")
+@click.option("--budget", default=None, help="Recipe to use instead of the suite's.")
+@click.option("--seeds", default=None, type=click.IntRange(min=1), help="Seeds per row instead of the suite's.")
+@click.option("--stale-after", default=600.0, show_default=True, type=click.FloatRange(min=0.0), metavar="SECONDS",
+              help="A claim whose heartbeat is older than this counts as stale (pending).")
+@results_option
+@config_option
+def status(suite, budget, seeds, stale_after, results_dir, config_path):
+    """Every (row, backbone, dataset, seed) of a suite: done, running (where), failed (why) or pending."""
+    from discbench.config import Bench
+    from discbench.status import suite_status
+
+    bench = Bench.load(config_path)
+    s = bench.suite(suite)
+    rows = suite_status(bench.suite_configs(s, budget), seeds or s.seeds, results_dir, stale_after)
+    for row in rows:
+        click.echo(f"{row.state:<8} {row.label} | {row.backbone} | {row.dataset} | seed {row.seed}"
+                   + (f": {row.detail}" if row.detail else ""))
+    counts = {state: sum(r.state == state for r in rows) for state in ("done", "running", "failed", "pending")}
+    click.echo(f"{suite}: " + ", ".join(f"{n} {state}" for state, n in counts.items()) + f" of {len(rows)}")
 
 
 @cli.command()
@@ -486,7 +607,8 @@ def _write_text(path: Path, text: str) -> None:
     click.echo(f"wrote {path}", err=True)
 
 
-INTERRUPTED = "interrupted: records of finished seeds are kept, the current seed wrote nothing"
+INTERRUPTED = ("interrupted: records of finished seeds are kept; the current seed resumes from its last checkpoint "
+               "when run again")
 
 
 def main() -> None:
@@ -502,7 +624,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except DiscbenchError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        signum = getattr(exc, "signum", None)  # discbench.checkpoint.Preempted: stopped by a signal, resumable
+        sys.exit(128 + signum if signum else 2)
     except KeyboardInterrupt:
         click.echo(INTERRUPTED, err=True)
         sys.exit(130)

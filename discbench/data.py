@@ -113,13 +113,26 @@ class ResidentData:
         return ResidentData(self.cfg, pick(self.train_x, self.train_y, train), pick(self.test_x, self.test_y, test),
                             self.device)
 
-    def train_epoch(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-        """Shuffled, augmented batches of one epoch; the last incomplete batch is dropped."""
-        order = torch.randperm(self.num_train, generator=generator, device=self.device)
-        for start in range(0, self.num_train - batch_size + 1, batch_size):
-            idx = order[start:start + batch_size]
+    def epoch_order(self, generator: torch.Generator) -> Tensor:
+        """The epoch's sample order: a permutation of 0..num_train-1 drawn from ``generator``."""
+        return torch.randperm(self.num_train, generator=generator, device=self.device)
+
+    def train_epoch(self, batch_size: int, generator: torch.Generator, order: Tensor | None = None, start: int = 0,
+                    rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        """Shuffled, augmented batches of one epoch; the last incomplete batch is dropped.
+
+        ``order`` is the epoch's permutation (drawn from ``generator`` when None) and ``start`` the first step: a
+        resumed run continues an epoch at the exact step with the generator state it had there. ``batch_size`` is
+        the global batch; with ``world_size`` > 1 rank ``rank`` gets its contiguous slice of every global batch,
+        augmented as part of the whole batch, so the ranks' slices together are the one-process batch.
+        """
+        order = self.epoch_order(generator) if order is None else order
+        per_rank = batch_size // world_size
+        for step in range(start, self.steps_per_epoch(batch_size)):
+            idx = order[step * batch_size:(step + 1) * batch_size]
             images = random_crop_flip(self.train_x[idx], self.cfg.crop_padding, self.cfg.flip, generator)
-            yield Batch(self.normalize(images), self.train_y[idx], idx)
+            mine = slice(rank * per_rank, (rank + 1) * per_rank)
+            yield Batch(self.normalize(images[mine]), self.train_y[idx][mine], idx[mine])
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.num_train // batch_size
@@ -281,10 +294,31 @@ def load_tinyimagenet(cfg: DatasetConfig, root: Path | None, download: bool) -> 
     return decode(train.samples), decode(val)
 
 
-class StreamedImageFolder:
-    """ImageNet-scale data: ImageFolder + DataLoader with PIL augmentation (RandomResizedCrop, flip)."""
+class _OrderSampler:
+    """A sampler whose indices are set before each epoch, so one DataLoader (and its workers) serves every epoch."""
 
-    def __init__(self, cfg: DatasetConfig, base: Path, device: torch.device):
+    def __init__(self):
+        self.indices: list[int] = []
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class StreamedImageFolder:
+    """ImageNet-scale data: ImageFolder + DataLoader with PIL augmentation (RandomResizedCrop, flip).
+
+    Samples are addressed by their position in the (sub)set, 0..num_train-1: that is what ``Batch.idx`` holds and
+    what memory banks (CRD) are indexed with; ``train_indices`` maps a position to the ImageFolder's index. The
+    DataLoaders are built once and keep their workers alive across epochs (``persistent_workers``); the training
+    loader is rebuilt only for a new run (a new data generator). The epoch's order comes from the run's generator
+    (reproduced on resume); the PIL augmentation draws from the workers' own RNGs, seeded from torch's global RNG
+    when the loader starts, so it is reproducible for an uninterrupted run but not across a resume.
+    """
+
+    def __init__(self, cfg: DatasetConfig, base: Path, device: torch.device, workers: int | None = None):
         from torchvision import transforms
         from torchvision.datasets import ImageFolder
 
@@ -295,17 +329,22 @@ class StreamedImageFolder:
         self.test = ImageFolder(str(base / "val"), transforms.Compose(
             [transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(), norm]))
         self.device = device
-        self.workers = min(8, os.cpu_count() or 1)
-        self.train_indices: list[int] | None = None
-        self.test_indices: list[int] | None = None
+        self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
+        self.train_indices: list[int] = list(range(len(self.train)))
+        self.test_indices: list[int] = list(range(len(self.test)))
+        self._sampler = _OrderSampler()
+        self._loader = None
+        self._loader_key: tuple | None = None
+        self._test_loader = None
+        self._test_batch: int | None = None
 
     @property
     def num_train(self) -> int:
-        return len(self.train_indices) if self.train_indices is not None else len(self.train)
+        return len(self.train_indices)
 
     @property
     def num_test(self) -> int:
-        return len(self.test_indices) if self.test_indices is not None else len(self.test)
+        return len(self.test_indices)
 
     def subset(self, train: int, test: int) -> StreamedImageFolder:
         gen = torch.Generator().manual_seed(SUBSET_SEED)
@@ -318,24 +357,46 @@ class StreamedImageFolder:
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.num_train // batch_size
 
-    def train_epoch(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-        from torch.utils.data import DataLoader, Subset
+    def _loader_kwargs(self) -> dict:
+        return {"num_workers": self.workers, "persistent_workers": self.workers > 0,
+                "pin_memory": self.device.type == "cuda"}
 
-        indices = self.train_indices if self.train_indices is not None else range(len(self.train))
-        order = torch.randperm(len(indices), generator=generator, device=generator.device).cpu()
-        chosen = [indices[i] for i in order.tolist()]
-        loader = DataLoader(Subset(self.train, chosen), batch_size=batch_size, drop_last=True,
-                            num_workers=self.workers, pin_memory=self.device.type == "cuda")
-        for step, (x, y) in enumerate(loader):
-            idx = torch.tensor(chosen[step * batch_size:(step + 1) * batch_size])
+    def epoch_order(self, generator: torch.Generator) -> Tensor:
+        """The epoch's order of positions 0..num_train-1, drawn from ``generator``."""
+        return torch.randperm(self.num_train, generator=generator, device=generator.device).cpu()
+
+    def train_epoch(self, batch_size: int, generator: torch.Generator, order: Tensor | None = None, start: int = 0,
+                    rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        """Batches of one epoch from step ``start``; ``batch_size`` is global, rank ``rank`` of ``world_size`` gets
+        its contiguous slice of every global batch (as ``ResidentData.train_epoch``)."""
+        from torch.utils.data import DataLoader
+
+        order = (self.epoch_order(generator) if order is None else order).cpu()
+        per_rank = batch_size // world_size
+        steps = self.steps_per_epoch(batch_size)
+        positions = [p for step in range(start, steps)
+                     for p in order[step * batch_size + rank * per_rank:step * batch_size + (rank + 1) * per_rank]
+                     .tolist()]
+        key = (generator, per_rank)  # held, so a later run's generator can never be mistaken for this one
+        if self._loader is None or self._loader_key is None or self._loader_key[0] is not generator \
+                or self._loader_key[1] != per_rank:
+            self._loader = DataLoader(self.train, batch_size=per_rank, sampler=self._sampler, drop_last=True,
+                                      **self._loader_kwargs())
+            self._loader_key = key
+        self._sampler.indices = [self.train_indices[p] for p in positions]
+        for i, (x, y) in enumerate(self._loader):
+            idx = torch.tensor(positions[i * per_rank:(i + 1) * per_rank])
             yield Batch(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),
                         idx.to(self.device))
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         from torch.utils.data import DataLoader, Subset
 
-        data = Subset(self.test, self.test_indices) if self.test_indices is not None else self.test
-        for x, y in DataLoader(data, batch_size=batch_size, num_workers=self.workers):
+        if self._test_loader is None or self._test_batch != batch_size:
+            self._test_loader = DataLoader(Subset(self.test, self.test_indices), batch_size=batch_size,
+                                           **self._loader_kwargs())
+            self._test_batch = batch_size
+        for x, y in self._test_loader:
             yield x.to(self.device), y.to(self.device)
 
 

@@ -328,6 +328,21 @@ class TermHistory:
             self.steps.append((len(self.steps) + 1) * self.every)
             self._sum, self._count = None, 0
 
+    def state(self) -> dict:
+        """Everything needed to continue after a resume (a checkpoint holds it)."""
+        return {"every": self.every, "steps": self.steps, "rows": self.rows, "keys": self.keys, "sum": self._sum,
+                "count": self._count}
+
+    @classmethod
+    def from_state(cls, state: dict, device) -> TermHistory:
+        history = cls(1)
+        history.every, history.steps, history.rows, history.keys = (state["every"], list(state["steps"]),
+                                                                    [list(r) for r in state["rows"]],
+                                                                    list(state["keys"]))
+        history._sum = None if state["sum"] is None else state["sum"].to(device)
+        history._count = state["count"]
+        return history
+
     def to_dict(self) -> dict:
         return {"every": self.every, "steps": self.steps,
                 "terms": {k: [round(row[i], 5) for row in self.rows] for i, k in enumerate(self.keys)}}

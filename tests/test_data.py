@@ -167,6 +167,8 @@ def test_imagenet_streams_through_image_folder(bench, tmp_path):
     assert (data.num_train, data.num_test) == (4, 4)
     batches = list(data.train_epoch(2, torch.Generator().manual_seed(0)))
     assert len(batches) == 2 and batches[0].x.shape == (2, 3, 16, 16)
-    assert sorted(torch.cat([b.idx for b in batches]).tolist()) == data.train_indices  # the fixed subset, shuffled
+    idx = torch.cat([b.idx for b in batches]).tolist()
+    assert sorted(idx) == [0, 1, 2, 3]  # positions in the fixed subset (what memory banks index), shuffled
+    assert torch.cat([b.y for b in batches]).tolist() == [data.train.targets[data.train_indices[i]] for i in idx]
     x, y = next(data.test_batches(4))
     assert x.shape == (4, 3, 16, 16) and y.tolist() == [0, 0, 1, 1]

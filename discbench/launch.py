@@ -1,0 +1,145 @@
+"""Launchers: one job per (configuration, seed) through submitit, on local processes or a Slurm cluster.
+
+``discbench sweep --launcher local|slurm`` hands every (configuration, seed) of a suite to a submitit executor
+(no scheduler of our own): ``local`` runs them as subprocesses of this machine (``submitit.LocalExecutor``), at most
+``--workers`` at a time, and waits for them; ``slurm`` submits one Slurm job array (``submitit.SlurmExecutor``,
+``--array-parallelism`` tasks at a time) and returns, ``discbench status`` showing progress. Each job is a
+``SeedJob``: ``discbench.train.run_seeds`` on one seed, so claims, checkpoints and failure records work exactly as
+in ``discbench run``. When the cluster announces a timeout or preemption (submitit's signal, USR2), the job writes
+a checkpoint at the next step and hands over to submitit's checkpoint/requeue hook (``SeedJob.checkpoint``), whose
+requeued job resumes from that checkpoint. SIGTERM writes a checkpoint and fails the job (a later sweep resumes it).
+
+Slurm resources come from the ``[launcher.slurm]`` table of bench.toml (any ``submitit.SlurmExecutor`` parameter:
+``partition``, ``time``, ``gpus_per_task``, ``cpus_per_task``, ``mem``, ``account``, ``qos``, ``constraint``,
+``array_parallelism``...), overridden by the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from discbench.errors import DiscbenchError
+
+
+def slurm_minutes(value: Any) -> int:
+    """Slurm's ``--time`` (minutes, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) as whole minutes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    text = str(value).strip()
+    try:
+        days, _, rest = text.rpartition("-")
+        parts = [int(p) for p in rest.split(":")]
+        if days:
+            hours, minutes, seconds = (parts + [0, 0])[:3]
+        else:
+            hours, minutes, seconds = {1: [0, parts[0], 0], 2: [0, *parts], 3: parts}[len(parts)]
+        total = int(days or 0) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+    except (ValueError, KeyError):
+        total = 0
+    if total <= 0:
+        raise DiscbenchError(f"--time '{value}': expected minutes or Slurm's [D-]HH:MM:SS, e.g. --time 12:00:00")
+    return total
+
+
+@dataclass(frozen=True)
+class SeedJob:
+    """One (configuration, seed) for a submitit executor; pickled, then called in the job's own process."""
+
+    cfg: Any  # RunConfig
+    seed: int
+    results_dir: str
+    config_path: str | None
+    teacher_store: str | None
+    data_dir: str | None
+    download: bool
+    device: str | None
+    force: bool
+    options: Any  # RunOptions
+
+    def __call__(self) -> str | None:
+        from discbench.checkpoint import Preempted, stop_on_signals
+        from discbench.config import Bench
+        from discbench.teachers import TeacherStore
+        from discbench.train import DataCache, pick_device, run_seeds
+
+        signals = (signal.SIGTERM, signal.SIGUSR2)
+        try:
+            with stop_on_signals(signals):
+                written = run_seeds(self.cfg, [self.seed], Path(self.results_dir), pick_device(self.device),
+                                    force=self.force, progress=False, data=DataCache(self.data_dir, self.download),
+                                    bench=Bench.load(self.config_path), teachers=TeacherStore(self.teacher_store),
+                                    options=dataclasses.replace(self.options, keep_going=False))  # its own error
+        except Preempted as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            handler = signal.getsignal(exc.signum)  # submitit's again: checkpoint() below, requeue, exit
+            if callable(handler):
+                handler(exc.signum, None)
+            raise
+        return str(written[0]) if written else None
+
+    def checkpoint(self) -> Any:
+        """submitit's requeue hook: the same job again; it resumes from the checkpoint the loop just wrote."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self)
+
+
+def _submitit():
+    try:
+        import submitit
+    except ImportError as exc:
+        raise DiscbenchError("--launcher needs submitit: pip install 'discbench[launch]' (or pip install "
+                             "submitit)") from exc
+    return submitit
+
+
+def slurm_parameters(table: dict[str, Any], cli: dict[str, Any]) -> dict[str, Any]:
+    """``[launcher.slurm]`` of bench.toml overridden by the command line's non-empty values, checked against
+    submitit's Slurm parameters."""
+    submitit = _submitit()
+    valid = sorted(submitit.SlurmExecutor._valid_parameters())
+    params = {**table, **{k: v for k, v in cli.items() if v is not None}}
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise DiscbenchError(f"[launcher.slurm]: unknown key '{unknown[0]}'; valid keys: {', '.join(valid)}")
+    if "time" in params:
+        params["time"] = slurm_minutes(params["time"])
+    return params
+
+
+def make_executor(launcher: str, folder: Path, slurm: dict[str, Any] | None = None, timeout_min: int = 60 * 24 * 7):
+    """A submitit executor; ``--launcher slurm`` where no Slurm is reachable is a one-line error."""
+    submitit = _submitit()
+    if launcher == "local":
+        executor = submitit.LocalExecutor(folder=str(folder))
+        executor.update_parameters(timeout_min=timeout_min)
+        return executor
+    if shutil.which("sbatch") is None:
+        raise DiscbenchError("--launcher slurm: no Slurm here (sbatch is not on PATH); run on a Slurm login node, or "
+                             "use --launcher local")
+    executor = submitit.SlurmExecutor(folder=str(folder))
+    executor.update_parameters(**(slurm or {}))
+    return executor
+
+
+def submit(executor, jobs: list[SeedJob], launcher: str, workers: int = 1, poll: float = 0.5) -> list:
+    """Submit ``jobs``: a Slurm array at once; local jobs at most ``workers`` at a time, waiting for all."""
+    if launcher == "slurm":
+        with executor.batch():  # one job array
+            return [executor.submit(job) for job in jobs]
+    pending, running, done = list(jobs), [], []
+    while pending or running:
+        while pending and len(running) < workers:
+            running.append(executor.submit(pending.pop(0)))
+        time.sleep(poll)
+        for job in [j for j in running if j.done()]:
+            running.remove(job)
+            done.append(job)
+    return done

@@ -1,0 +1,187 @@
+"""Claims, failure records and ``discbench status``: N processes sweeping one suite into one directory train each
+(configuration, seed) exactly once; stale claims are taken over, live ones skipped; a failed seed says why."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from discbench import claims
+from discbench.errors import DiscbenchError
+from tests.conftest import REPO, requires_fashion_mnist
+
+TINY_SUITE = """
+[recipes.tiny]   # test-only: one epoch of 4 steps
+epochs = 1
+batch_size = 16
+lr = 0.05
+momentum = 0.9
+nesterov = false
+weight_decay = 5e-4
+milestones = []
+gamma = 0.1
+train_subset = 64
+test_subset = 32
+eval_every = 1
+eval_batch_size = 32
+
+[suites.tiny]
+protocol = "self"
+datasets = ["fashion-mnist"]
+backbones = ["tinynet"]
+seeds = 3
+budget = "tiny"
+rows = [
+    { loss = "none", label = "Baseline" },
+    { loss = "l2", label = "L2" },
+]
+
+[suites.tiny-nan]   # lr 1e30 makes the loss non-finite at the second step: a seed that fails
+extends = "tiny"
+seeds = 1
+rows = [{ loss = "ce", label = "CE lr 1e30", set = { "recipe.lr" = 1e30 } }]
+"""
+
+
+@pytest.fixture
+def tiny_bench(tmp_path) -> Path:
+    path = tmp_path / "bench.toml"
+    path.write_text((REPO / "bench.toml").read_text() + TINY_SUITE)
+    return path
+
+
+def cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "discbench", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+# -- claims, unit by unit --------------------------------------------------------------------------------------------
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no process has it (pids are not reused this fast)
+
+
+def write_claim(path: Path, **fields) -> None:
+    now = time.time()
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
+                                "token": "x", "job": None, **fields}))
+
+
+def test_live_claim_is_respected_and_released_claim_can_be_taken(tmp_path):
+    path = tmp_path / "h__seed0.claim"
+    held = claims.acquire(path, stale_after=60)
+    assert isinstance(held, claims.HeldClaim)
+    other = claims.acquire(path, stale_after=60)  # a second claimant (this pid is alive, the heartbeat fresh)
+    assert isinstance(other, dict) and other["pid"] == os.getpid() and other["token"] == held.content["token"]
+    assert "pid" in claims.describe(other) and "heartbeat" in claims.describe(other)
+    held.release()
+    assert not path.exists()
+    again = claims.acquire(path, stale_after=60)
+    assert isinstance(again, claims.HeldClaim)
+    again.release()
+
+
+def test_claim_of_a_dead_process_on_this_host_is_taken_over(tmp_path, capsys):
+    path = tmp_path / "h__seed0.claim"
+    write_claim(path, pid=dead_pid())
+    held = claims.acquire(path, stale_after=1e9)  # however fresh its heartbeat: the process is gone
+    assert isinstance(held, claims.HeldClaim) and "is gone" in capsys.readouterr().err
+    held.release()
+
+
+def test_claim_of_another_host_is_kept_until_its_heartbeat_is_stale(tmp_path, capsys):
+    path = tmp_path / "h__seed0.claim"
+    write_claim(path, host="node-17", pid=1, heartbeat=time.time() - 100)
+    assert isinstance(claims.acquire(path, stale_after=300), dict)  # 100 s old: alive
+    held = claims.acquire(path, stale_after=50)  # 100 s > 50 s: that node is gone
+    assert isinstance(held, claims.HeldClaim) and "heartbeat is 100 s old" in capsys.readouterr().err
+    held.release()
+
+
+def test_heartbeat_refreshes_and_a_lost_claim_is_noticed(tmp_path):
+    path = tmp_path / "h__seed0.claim"
+    held = claims.acquire(path, stale_after=2)  # heartbeat every 0.5 s
+    first = json.loads(path.read_text())["heartbeat"]
+    deadline = time.time() + 10
+    while json.loads(path.read_text())["heartbeat"] == first and time.time() < deadline:
+        time.sleep(0.1)
+    assert json.loads(path.read_text())["heartbeat"] > first
+    write_claim(path, host="thief", token="other")  # taken over by another process
+    held.beat()
+    assert held.lost
+    held.release()
+    assert json.loads(path.read_text())["host"] == "thief"  # release never removes another process's claim
+
+
+def test_unwritable_results_directory_is_one_line_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(DiscbenchError, match="cannot write in the results directory"):
+        claims.acquire(blocker / "sub" / "h__seed0.claim")
+
+
+# -- end to end ------------------------------------------------------------------------------------------------------
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_four_concurrent_sweeps_train_every_seed_exactly_once(tmp_path, tiny_bench):
+    results = tmp_path / "runs"
+    procs = [cli("sweep", "--suite", "tiny", "--config", str(tiny_bench), "--results-dir", str(results), "--quiet")
+             for _ in range(4)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outs]
+    wrote = [line.split(":")[0] for _, err in outs for line in err.splitlines() if line.startswith("wrote ")]
+    records = sorted(results.rglob("*.json"))
+    assert len(records) == 6 and len(wrote) == 6 and len(set(wrote)) == 6  # 2 rows x 3 seeds, each written once
+    assert sorted(Path(w.removeprefix("wrote ")) for w in wrote) == records
+    seen = {(json.loads(p.read_text())["label"], json.loads(p.read_text())["seed"]) for p in records}
+    assert seen == {(label, seed) for label in ("Baseline", "L2") for seed in range(3)}
+    assert not list(results.rglob("*.claim")) and not list(results.rglob("*.ckpt"))
+
+    status = subprocess.run([sys.executable, "-m", "discbench", "status", "--suite", "tiny", "--config",
+                             str(tiny_bench), "--results-dir", str(results)], cwd=REPO, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[-1] == "tiny: 6 done, 0 running, 0 failed, 0 pending of 6"
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_failed_seed_leaves_a_reason_that_status_shows_and_the_next_sweep_retries(tmp_path, tiny_bench):
+    results = tmp_path / "runs"
+    args = ("--config", str(tiny_bench), "--results-dir", str(results))
+    proc = cli("sweep", "--suite", "tiny-nan", "--quiet", *args)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and err.splitlines()[-1].startswith("error: 1 seed(s) failed; 'discbench status")
+    (failure,) = results.rglob("*.failed")
+    assert "non-finite loss" in json.loads(failure.read_text())["reason"]
+    assert not list(results.rglob("*.json")) and not list(results.rglob("*.claim"))
+
+    proc = cli("status", "--suite", "tiny-nan", *args)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    assert out.splitlines()[0].startswith("failed   CE lr 1e30 | tinynet | fashion-mnist | seed 0: non-finite loss")
+
+    # a claim held by a live process elsewhere: status says where, a sweep skips it and says where it runs
+    write_claim(failure.with_suffix(".claim"), host="node-3", pid=4242, job="777_1")
+    proc = cli("status", "--suite", "tiny-nan", *args)
+    out, _ = proc.communicate(timeout=300)
+    assert out.splitlines()[0].startswith("running  CE lr 1e30 | tinynet | fashion-mnist | seed 0: on node-3 pid "
+                                          "4242 (job 777_1), since")
+    proc = cli("sweep", "--suite", "tiny-nan", "--quiet", *args)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "seed 0: running on node-3 pid 4242 (job 777_1)" in err
+
+    # that host died: the next sweep takes the seed over and retries it (and it fails again, for the same reason)
+    write_claim(failure.with_suffix(".claim"), host="node-3", pid=4242, heartbeat=time.time() - 3600)
+    proc = cli("sweep", "--suite", "tiny-nan", "--quiet", *args)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and "taking over the claim" in err and "failed CE lr 1e30" in err

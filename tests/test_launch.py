@@ -1,0 +1,99 @@
+"""Launchers through submitit: a local-executor sweep (real subprocesses) completes and ``discbench status`` reports
+it; submitit's preemption signal makes a job checkpoint, requeue and resume; Slurm errors are one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("submitit")
+
+from discbench.config import Bench  # noqa: E402
+from discbench.errors import DiscbenchError  # noqa: E402
+from discbench.launch import SeedJob, make_executor, slurm_minutes, slurm_parameters  # noqa: E402
+from discbench.train import RunOptions  # noqa: E402
+from tests.conftest import REPO, requires_fashion_mnist  # noqa: E402
+from tests.test_claims import TINY_SUITE, tiny_bench  # noqa: E402, F401  (the fixture)
+
+
+def run(*args, env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "discbench", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_local_launcher_sweep_completes_and_status_reports_it(tmp_path, tiny_bench):  # noqa: F811
+    results = tmp_path / "runs"
+    common = ("--suite", "tiny", "--seeds", "1", "--config", str(tiny_bench), "--results-dir", str(results))
+    before = run("status", *common)
+    assert before.stdout.splitlines()[-1] == "tiny: 0 done, 0 running, 0 failed, 2 pending of 2"
+    proc = run("sweep", *common, "--launcher", "local", "--workers", "2", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "| L2 " in proc.stdout  # the suite's tables, rendered from the jobs' records
+    records = sorted(results.rglob("*.json"))
+    assert {json.loads(p.read_text())["label"] for p in records} == {"Baseline", "L2"}
+    logs = sorted((results / ".jobs").glob("*_0_log.err"))
+    assert len(logs) == 2  # one submitit job (process) per (configuration, seed)
+    after = run("status", *common)
+    assert after.returncode == 0
+    assert after.stdout.splitlines()[-1] == "tiny: 2 done, 0 running, 0 failed, 0 pending of 2"
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_preemption_signal_checkpoints_requeues_and_resumes(tmp_path, tiny_bench, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    bench = Bench.load(tiny_bench)
+    cfg = bench.resolve("l2", "tinynet", "fashion-mnist", "tiny",
+                        overrides=("recipe.epochs=3", "recipe.train_subset=128"))
+    results = tmp_path / "runs"
+    job = SeedJob(cfg, 0, str(results), str(tiny_bench), None, None, False, None, False,
+                  RunOptions(checkpoint_every=1))
+    executor = make_executor("local", tmp_path / "jobs")
+    handle = executor.submit(job)
+    deadline = time.time() + 300
+    while not list(results.rglob("*.ckpt")) and time.time() < deadline and not handle.done():
+        time.sleep(0.05)
+    assert not handle.done(), "the job finished before it could be preempted"
+    # what Slurm sends to the job's processes ahead of a preemption or time-out (submitit's USR2), delivered to the
+    # training process itself: its pid is in the seed's claim (submitit's own LocalJob._interrupt signals the
+    # controller process, which does not forward USR2)
+    (claim,) = results.rglob("*.claim")
+    os.kill(json.loads(claim.read_text())["pid"], signal.SIGUSR2)
+    path = handle.result()
+    record = json.loads(Path(path).read_text())
+    assert record["timing"]["resumed"], "the requeued job started over instead of resuming"
+    assert record["timing"]["steps"] == 3 * 8
+    log = "".join(p.read_text() for p in (tmp_path / "jobs").glob(f"{handle.job_id}_0_log.*"))
+    assert "stopped by SIGUSR2 at epoch 1" in log and "Requeued job" in log
+    assert not list(results.rglob("*.ckpt")) and not list(results.rglob("*.claim"))
+
+
+def test_slurm_without_slurm_is_one_line(tmp_path, tiny_bench):  # noqa: F811
+    proc = run("sweep", "--suite", "tiny", "--config", str(tiny_bench), "--results-dir", str(tmp_path / "r"),
+               "--launcher", "slurm", "--partition", "gpu", env={"PATH": os.path.dirname(sys.executable)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: --launcher slurm: no Slurm here (sbatch is not on PATH); run "
+                                                "on a Slurm login node, or use --launcher local"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_slurm_resources_from_bench_toml_and_command_line():
+    table = {"partition": "cpu", "time": "1-02:00:00", "array_parallelism": 8, "mem": "32G"}
+    params = slurm_parameters(table, {"partition": "gpu", "gpus_per_task": 1, "account": None})
+    assert params == {"partition": "gpu", "time": 26 * 60, "array_parallelism": 8, "mem": "32G", "gpus_per_task": 1}
+    with pytest.raises(DiscbenchError, match="unknown key 'gpus'; valid keys: .*partition"):
+        slurm_parameters({"gpus": 1}, {})
+    assert [slurm_minutes(v) for v in (90, "90", "12:00:00", "30:00", "2-0", "0:0:30")] == [90, 90, 720, 30, 2880, 1]
+    with pytest.raises(DiscbenchError, match="--time 'soon'"):
+        slurm_minutes("soon")
