@@ -25,7 +25,7 @@ from discbench.api import LossContext, Protocol
 from discbench.config import Bench, RunConfig
 from discbench.contract import preflight
 from discbench.errors import DiscbenchError, NonFiniteLossError
-from discbench.kernels import select_impl
+from discbench.kernels import describe_impl
 from discbench.registry import PROTOCOLS
 from discbench.results import RunRecord, find_record, new_record, record_path, write_record
 from discbench.teachers import Teacher, TeacherStore, teacher_config
@@ -58,7 +58,7 @@ def effective_runtime(cfg: RunConfig, device: torch.device) -> dict:
         "amp_bf16": cuda and cfg.runtime.amp_bf16,
         "channels_last": cfg.runtime.channels_last,
         "compile": cuda and cfg.runtime.compile,
-        "critic_impl": select_impl(device),
+        "critic_impl": describe_impl(device),
         "threads": torch.get_num_threads(),
     }
 

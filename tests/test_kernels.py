@@ -11,7 +11,17 @@ import torch
 from torch.autograd import gradcheck
 
 from discbench.errors import DiscbenchError
-from discbench.kernels import CRITICS, IMPLS, available_impls, jsd_mi_loss, jsd_torch, nce_mi_loss, select_impl
+from discbench.kernels import (
+    CRITICS,
+    IMPLS,
+    available_impls,
+    describe_impl,
+    impl_name,
+    jsd_mi_loss,
+    jsd_torch,
+    nce_mi_loss,
+    select_impl,
+)
 from discbench.kernels.jsd_ref import jsd_mi_loss_ref, nce_mi_loss_ref
 from tests.conftest import REPO, TINY, requires_fashion_mnist
 from tests.critic_cases import TOLERANCES, codes, value_and_grads
@@ -120,6 +130,34 @@ def test_select_impl(monkeypatch):
     assert select_impl("cpu") == "triton" and "triton" in available_impls("cpu")
     monkeypatch.delenv("DISCBENCH_IMPL")
     assert select_impl("cpu") == "torch"  # the interpreter is for tests, never picked on its own
+
+
+def test_cuda_devices_below_compute_capability_8_get_the_streamed_path_and_the_reason(monkeypatch):
+    """No GPU needed: the capability query is the only CUDA call on this path."""
+    pytest.importorskip("triton")
+    monkeypatch.delenv("DISCBENCH_IMPL", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cuda = torch.device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert select_impl(cuda) == "torch" and "triton" not in available_impls(cuda)
+    assert describe_impl(cuda) == "torch (triton: cuda:1 has compute capability 7.5 < 8.0)"
+    monkeypatch.setenv("DISCBENCH_IMPL", "triton")
+    with pytest.raises(DiscbenchError, match="compute capability >= 8.0.*cuda:1 has compute capability 7.5"):
+        select_impl(cuda)
+    monkeypatch.setenv("DISCBENCH_IMPL", "torch")
+    assert describe_impl(cuda) == "torch"  # asked for: no reason to give
+    monkeypatch.delenv("DISCBENCH_IMPL")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert select_impl(cuda) == describe_impl(cuda) == "triton"
+    assert describe_impl("cpu") == "torch"
+
+
+def test_recorded_impl_strings_dispatch_on_their_first_word(monkeypatch):
+    local, global_ = codes(3, 4, 5)
+    calls = []
+    monkeypatch.setitem(CRITICS["jsd"], "torch", lambda lo, gl: calls.append("torch"))
+    jsd_mi_loss(local, global_, impl="torch (triton: cuda:0 has compute capability 7.5 < 8.0)")
+    assert calls == ["torch"] and impl_name("triton") == "triton"
 
 
 @pytest.mark.parametrize("module", ["jsd_ref.py", "jsd_torch.py"])
