@@ -25,15 +25,15 @@ from discbench.kernels import jsd_triton as jt
 
 # opt-in shared memory per block (bytes) of each architecture: A100 163 KB, GA10x/AD10x 99 KB, H100 227 KB
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
-ARCHS = (80, 86, 90)
+ARCHS = (90, 80, 86)
 # (name, codes' dtype, dot dtype, fp32 input precision): what the dispatcher can launch; "fp32>bf16" is training's
 # fp32 codes under bf16 autocast
 VARIANTS = {
+    "fp32>bf16": (torch.float32, torch.bfloat16, "ieee"),
+    "bf16": (torch.bfloat16, torch.bfloat16, "ieee"),
+    "fp16": (torch.float16, torch.float16, "ieee"),
     "fp32-tf32": (torch.float32, torch.float32, "tf32"),
     "fp32-ieee": (torch.float32, torch.float32, "ieee"),
-    "fp16": (torch.float16, torch.float16, "ieee"),
-    "bf16": (torch.bfloat16, torch.bfloat16, "ieee"),
-    "fp32>bf16": (torch.float32, torch.bfloat16, "ieee"),
 }
 DIMS = (64, 128, 256)
 LOSSES = {"jsd": jt.JSD.value, "nce": jt.NCE.value}
@@ -148,18 +148,21 @@ def _build_star(job: tuple) -> Build:
     return build(*job)
 
 
-def matrix(jobs: list[tuple], processes: int | None = None) -> list[Build]:
-    """``build`` for every job, in parallel processes (compiling is CPU-bound and needs no GPU)."""
+def matrix(jobs: list[tuple], processes: int | None = None):
+    """``build`` for every job, in parallel processes (compiling is CPU-bound and needs no GPU); yields the builds in
+    the jobs' order as they finish."""
     import multiprocessing
 
     processes = processes or max(1, min(len(jobs), os.cpu_count() or 1))
     if processes == 1:
-        return [_build_star(job) for job in jobs]
+        yield from map(_build_star, jobs)
+        return
     with multiprocessing.get_context("fork").Pool(processes) as pool:
-        return pool.map(_build_star, jobs, chunksize=1)
+        yield from pool.imap(_build_star, jobs, chunksize=1)
 
 
-def all_jobs(archs=ARCHS, variants=tuple(VARIANTS), dims=DIMS, losses=tuple(LOSSES), configs=jt.CONFIGS,
+def all_jobs(archs=ARCHS, variants=tuple(VARIANTS), dims=(128, 64, 256), losses=tuple(LOSSES), configs=jt.CONFIGS,
              kernels=tuple(jt.KERNELS)) -> list[tuple]:
-    return [(k, v, loss, c, d, a) for a in archs for d in dims for v in variants for loss in losses for c in configs
+    """Every (kernel, variant, loss, config, D, arch), most used first: D = 128, training's dtypes, sm_90."""
+    return [(k, v, loss, c, d, a) for d in dims for v in variants for a in archs for loss in losses for c in configs
             for k in kernels]

@@ -146,15 +146,17 @@ def test_configs_are_chosen_once_and_recorded():
         "cpu bwd jsd torch.float32 torch.float32 torch.float32 ieee B=37 D=20": want}
 
 
-def test_preferred_configs_and_split_depend_only_on_the_shape():
+def test_preferred_configs_and_split_depend_only_on_the_shape(monkeypatch):
     assert jt.preferred_configs(128)[0] == jt.Config(128, 128, 8, 2)  # one 128-wide column tile
-    assert [c.block_c for c in jt.preferred_configs(128)][:3] == [128, 128, 128]
+    assert [c.block_c for c in jt.preferred_configs(128)][:3] == [128, 128, 64]
     assert jt.preferred_configs(20)[0].block_c == 32
     assert jt.preferred_configs(130)[0].block_c == 128  # two column tiles: the fewest any config gives
-    # 131072 rows of 64: 2048 row tiles over 256 programs of 8; ragged: 10 tiles over 4 programs of 3 (the last 1)
+    # 131072 rows of 64: 2048 row tiles over 256 programs of 8; 10 tiles: one each, or 4 programs of 3 (the last 1)
     assert jt.bwd_split(128 * 1024, 64) == (256, 8)
     assert jt.bwd_split(10 * 32 - 5, 32) == (10, 1)
     assert jt.bwd_split(1, 128) == (1, 1)
+    monkeypatch.setattr(jt, "MAX_SPLIT", 4)
+    assert jt.bwd_split(10 * 32 - 5, 32) == (4, 3)
 
 
 def test_code_sizes_above_the_limit_fall_back_to_the_streamed_path():
