@@ -64,7 +64,7 @@ def kernels_after(block_m: int = 32) -> list[tuple[str, float, float, float]]:
 
 def report(name: str, kernels: list[tuple[str, float, float, float]]) -> float:
     print(f"\n{name}")
-    print(f"| kernel | GFLOP | µs tensor | MB HBM | µs HBM | M MUFU | µs MUFU | bound µs |")
+    print("| kernel | GFLOP | µs tensor | MB HBM | µs HBM | M MUFU | µs MUFU | bound µs |")
     print("|---|---|---|---|---|---|---|---|")
     total = 0.0
     for kernel, flops, nbytes, mufu in kernels:
