@@ -197,3 +197,34 @@ def test_training_runs_agree_across_implementations(bench, monkeypatch):
     assert len(steps["ref"]) == 4
     torch.testing.assert_close(steps["torch"][0], steps["ref"][0], rtol=1e-6, atol=0)
     torch.testing.assert_close(torch.stack(steps["torch"]), torch.stack(steps["ref"]), rtol=1e-4, atol=0)
+
+
+def test_triton_configs_are_the_first_that_fit_the_device_chosen_once(monkeypatch):
+    """The CUDA selection logic without a GPU: builds are faked, the order, the fit test and the cache are real."""
+    from types import SimpleNamespace
+
+    jt = pytest.importorskip("discbench.kernels.jsd_triton")
+    local, global_ = codes(128, 4, 16)
+    plan = jt._Plan(local.reshape(-1, 16), global_, 4, jt.JSD.value, torch.bfloat16)
+    plan.device = torch.device("cuda", 3)
+    monkeypatch.setattr(jt, "max_shared_memory", lambda index: 99 * 1024 if index == 3 else 0)
+    monkeypatch.setattr(jt, "_CHOSEN", {})
+    built = []
+
+    def build(name, config):  # 128-wide tiles spill, the 64-wide 128-row tile needs 100 KiB
+        built.append(config)
+        kernel = SimpleNamespace(metadata=SimpleNamespace(shared=(100 if config.block_m == 128 else 40) * 1024),
+                                 n_spills=8 if config.block_c == 128 else 0)
+        kernel._init_handles = lambda: None
+        return kernel
+
+    plan.build = build
+    order = jt.preferred_configs(128)
+    assert [c.block_c for c in order[:3]] == [128, 128, 64] and order[2].block_m == 128
+    assert plan.config("bwd") == order[3] == jt.Config(64, 64, 8, 1)
+    assert built == order[:4]
+    assert plan.config("bwd") == order[3] and len(built) == 4  # cached: no more builds
+    assert jt.chosen_configs() == {"cuda:3 bwd jsd torch.float32 torch.float32 torch.bfloat16 ieee B=128 D=16":
+                                   "64x64/w8/s1"}
+    plan.build = lambda name, config: SimpleNamespace(metadata=SimpleNamespace(shared=1 << 30))
+    assert plan.config("fwd") is None  # nothing fits: the caller runs the streamed path

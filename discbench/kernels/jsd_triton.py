@@ -280,9 +280,16 @@ def max_shared_memory(index: int) -> int:
 
 
 def fits(kernel, shared_limit: int) -> bool:
-    """A built kernel runs as compiled: no register spills and its shared memory within the device's limit."""
-    kernel._init_handles()  # loads the cubin: fills n_spills and n_regs
-    return kernel.n_spills == 0 and kernel.metadata.shared <= shared_limit
+    """A built kernel runs as compiled: its shared memory within the device's limit and no register spills."""
+    from triton.runtime.errors import OutOfResources
+
+    if kernel.metadata.shared > shared_limit:
+        return False
+    try:
+        kernel._init_handles()  # loads the cubin: fills n_spills (local bytes / 4) and n_regs
+    except OutOfResources:
+        return False
+    return kernel.n_spills == 0
 
 
 def _options(config: Config, constexprs: dict) -> dict:
@@ -301,6 +308,7 @@ class _Plan:
 
     def __init__(self, flat: Tensor, global_: Tensor, n: int, kind: int, dot: torch.dtype):
         self.flat, self.global_, self.n, self.kind = flat, global_, n, kind
+        self.device = flat.device
         self.rows, self.d = flat.shape
         self.b = global_.shape[0]
         self.consts = {"KIND": kind, "PRECISION": input_precision(dot), "DOT": DOT_DTYPES[dot],
@@ -341,7 +349,7 @@ class _Plan:
         """Kernel ``name``'s config: forced, cached, or the first preferred one that fits this device (None: none)."""
         if _FORCED:
             return _FORCED[-1]
-        device = self.flat.device
+        device = self.device
         key = (str(device), name, *self.key)
         if key not in _CHOSEN:
             candidates = preferred_configs(self.b)
