@@ -144,6 +144,8 @@ def test_cuda_devices_below_compute_capability_8_get_the_streamed_path_and_the_r
     monkeypatch.setenv("DISCBENCH_IMPL", "triton")
     with pytest.raises(DiscbenchError, match="compute capability >= 8.0.*cuda:1 has compute capability 7.5"):
         select_impl(cuda)
+    monkeypatch.setenv("DISCBENCH_IMPL", "auto")
+    assert describe_impl(cuda) == "torch (triton: cuda:1 has compute capability 7.5 < 8.0)"
     monkeypatch.setenv("DISCBENCH_IMPL", "torch")
     assert describe_impl(cuda) == "torch"  # asked for: no reason to give
     monkeypatch.delenv("DISCBENCH_IMPL")
