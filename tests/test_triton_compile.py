@@ -4,11 +4,12 @@ machine, the way a launch builds them: ``discbench.kernels.aot`` runs a real cal
 the ptxas and cuobjdump bundled with triton.
 
 The full matrix (every config x dtype variant x D in {64, 128, 256} x loss x kernel x architecture, ~1100 builds, a
-few seconds each) is benchmarks/critic_compile_matrix.json, written by benchmarks/critic_compile_matrix.py. Here:
-the table holds whole groups of configs (all of D = 128; see the README for which other cells were built) and gives
-every tabulated shape a config that fits (no spills, shared memory within the architecture's limit); a slice of it is rebuilt and must match the table exactly (a stale table
-fails); ``DISCBENCH_COMPILE_MATRIX=1`` rebuilds all of it. Runs in the main process because the kernels must be JIT
-functions, not the interpreter's (skipped under TRITON_INTERPRET=1).
+few seconds each) is benchmarks/critic_compile_matrix.json, written by benchmarks/critic_compile_matrix.py. Here: the
+table holds whole groups of configs (all of D = 128; benchmarks/critic_compile_matrix.md shows which other cells were
+built) and gives every tabulated shape a config that fits (no spills, shared memory within the architecture's
+limit); a slice of it is rebuilt and must match the table exactly (a stale table fails); ``DISCBENCH_COMPILE_MATRIX=1``
+rebuilds all of it. Runs in the main process because the kernels must be JIT functions, not the interpreter's
+(skipped under TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations

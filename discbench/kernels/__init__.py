@@ -93,7 +93,8 @@ def describe_impl(device: torch.device | str = "cpu") -> str:
     per call, with a warning: ``jsd_triton.fallbacks()`` lists them."""
     device = torch.device(device)
     impl = select_impl(device)
-    if device.type == "cuda" and impl == "torch" and os.environ.get("DISCBENCH_IMPL", "").strip().lower() in ("", "auto"):
+    asked = os.environ.get("DISCBENCH_IMPL", "").strip().lower() not in ("", "auto")
+    if device.type == "cuda" and impl == "torch" and not asked:
         return f"torch (triton: {triton_unusable(device)})"
     return impl
 
