@@ -75,12 +75,25 @@ def main() -> None:
     parser.add_argument("--arch", type=int, action="append", help="sm_XX to build (repeatable; default all)")
     parser.add_argument("--dim", type=int, action="append", help="D to build (repeatable; default 128, 64, 256)")
     parser.add_argument("--variant", action="append", choices=list(aot.VARIANTS), help="dtype variant (repeatable)")
+    parser.add_argument("--config", action="append", help="a config BLOCK_M,BLOCK_C,WARPS,STAGES (repeatable)")
     parser.add_argument("--keep", action="store_true", help="merge into the existing table instead of replacing it")
+    parser.add_argument("--prune", action="store_true", help="only drop the groups that lack a config, and render")
     parser.add_argument("--processes", type=int, default=None)
     args = parser.parse_args()
+    configs = tuple(jt.Config(*map(int, c.split(","))) for c in args.config) if args.config else jt.CONFIGS
     jobs = aot.all_jobs(archs=tuple(args.arch or aot.ARCHS), dims=tuple(args.dim or (128, 64, 256)),
-                        variants=tuple(args.variant or aot.VARIANTS))
-    rows = {key(r): r for r in json.loads(JSON.read_text())} if args.keep and JSON.exists() else {}
+                        variants=tuple(args.variant or aot.VARIANTS), configs=configs)
+    rows = {key(r): r for r in json.loads(JSON.read_text())} if (args.keep or args.prune) and JSON.exists() else {}
+    if args.prune:
+        groups = defaultdict(set)
+        for k in rows:
+            groups[k[:3] + k[4:]].add(k[3])
+        whole = {g for g, have in groups.items() if have >= {tuple(c) for c in jt.CONFIGS}}
+        rows = {k: r for k, r in rows.items() if k[:3] + k[4:] in whole and k[3] in {tuple(c) for c in jt.CONFIGS}}
+        JSON.write_text(json.dumps(sorted(rows.values(), key=key), indent=0) + "\n")
+        MD.write_text(render(list(rows.values())))
+        print(f"kept {len(rows)} rows in {len(whole)} whole groups", file=sys.stderr)
+        return
     start = time.time()
     for i, b in enumerate(aot.matrix(jobs, args.processes), 1):
         row = {**asdict(b), "config": list(b.config), "fits": b.fits}

@@ -91,7 +91,7 @@ class Config(NamedTuple):
 
 
 CONFIGS = (  # measured for D = 64, 128, 256 on sm_80, sm_86, sm_90: benchmarks/critic_compile_matrix.md
-    Config(32, 32, 4, 2), Config(32, 64, 4, 1), Config(64, 64, 8, 1), Config(128, 64, 8, 1),
+    Config(32, 32, 4, 2), Config(32, 32, 8, 1), Config(32, 64, 4, 1), Config(64, 64, 8, 1), Config(128, 64, 8, 1),
     Config(32, 128, 8, 1), Config(128, 128, 8, 2),
 )
 
@@ -242,9 +242,15 @@ def bwd_split(n_rows: int, block_m: int) -> tuple[int, int]:
     return triton.cdiv(tiles, per_program), per_program
 
 
-def preferred_configs(n_img: int) -> list[Config]:
+def preferred_configs(n_img: int, fma: bool = False) -> list[Config]:
     """CONFIGS in the order they are tried for B = ``n_img`` columns: fewest column tiles (every local code read
-    once), then the narrowest such tile (least masked work), then the tallest row tile (fewest programs)."""
+    once), then the narrowest such tile (least masked work), then the tallest row tile (fewest programs).
+
+    ``fma``: fp32 dots at IEEE precision run on the FMA units, not the tensor cores, and every tile but 32 x 32 spills
+    there (benchmarks/critic_compile_matrix.md; such builds also take minutes in ptxas): smallest tiles first, most
+    warps first."""
+    if fma:
+        return sorted(CONFIGS, key=lambda c: (c.block_m * c.block_c, -c.num_warps, c.block_c))
     return sorted(CONFIGS, key=lambda c: (triton.cdiv(n_img, c.block_c), c.block_c, -c.block_m, c.num_warps))
 
 
@@ -316,6 +322,7 @@ class _Plan:
         self.key = (("jsd", "nce")[kind], str(flat.dtype), str(global_.dtype), str(dot), self.consts["PRECISION"],
                     f"B={self.b}", f"D={self.d}")
         self.weights = loss_weights(kind, self.b, n)
+        self.fma = dot == torch.float32 and self.consts["PRECISION"] == "ieee"
 
     def fwd(self, config: Config, row_loss: Tensor, lse: Tensor) -> tuple[tuple, tuple]:
         """(grid, arguments) of the forward."""
@@ -352,7 +359,7 @@ class _Plan:
         device = self.device
         key = (str(device), name, *self.key)
         if key not in _CHOSEN:
-            candidates = preferred_configs(self.b)
+            candidates = preferred_configs(self.b, fma=self.fma)
             if INTERPRET or device.type != "cuda":
                 _CHOSEN[key] = candidates[0]
             else:

@@ -140,10 +140,16 @@ def test_configs_are_chosen_once_and_recorded():
     jt._CHOSEN.clear()
     jt.jsd_mi_loss_triton(local, global_).backward()
     chosen = jt.chosen_configs()
-    want = str(jt.preferred_configs(37)[0])  # 37 columns: one 64-wide tile, the tallest such config
-    assert want == "128x64/w8/s1"
-    assert chosen == {f"cpu fwd jsd {dt} {dt} {dt} ieee B=37 D=20": want for dt in ["torch.float32"]} | {
-        "cpu bwd jsd torch.float32 torch.float32 torch.float32 ieee B=37 D=20": want}
+    # fp32 codes and torch's default "highest" matmul precision: IEEE fp32 dots, the smallest tile first
+    want = str(jt.preferred_configs(37, fma=True)[0])
+    assert want == "32x32/w8/s1"
+    f32 = "torch.float32 torch.float32 torch.float32 ieee B=37 D=20"
+    assert chosen == {f"cpu fwd jsd {f32}": want, f"cpu bwd jsd {f32}": want}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        jt.jsd_mi_loss_triton(local, global_)
+    # bf16 dots: 37 columns in one 64-wide tile, the tallest such config
+    bf16 = "torch.float32 torch.float32 torch.bfloat16 ieee B=37 D=20"
+    assert jt.chosen_configs()[f"cpu fwd jsd {bf16}"] == "128x64/w8/s1"
 
 
 def test_preferred_configs_and_split_depend_only_on_the_shape(monkeypatch):
@@ -151,6 +157,7 @@ def test_preferred_configs_and_split_depend_only_on_the_shape(monkeypatch):
     assert [c.block_c for c in jt.preferred_configs(128)][:3] == [128, 128, 64]
     assert jt.preferred_configs(20)[0].block_c == 32
     assert jt.preferred_configs(130)[0].block_c == 128  # two column tiles: the fewest any config gives
+    assert jt.preferred_configs(128, fma=True)[:2] == [jt.Config(32, 32, 8, 1), jt.Config(32, 32, 4, 2)]
     # 131072 rows of 64: 2048 row tiles over 256 programs of 8; 10 tiles: one each, or 4 programs of 3 (the last 1)
     assert jt.bwd_split(128 * 1024, 64) == (256, 8)
     assert jt.bwd_split(10 * 32 - 5, 32) == (10, 1)
