@@ -45,13 +45,14 @@ def groups(table) -> dict[tuple, list[dict]]:
 
 def test_the_table_holds_whole_groups_and_every_cell_at_d_128(table):
     """Every row is a job of the matrix; each (kernel, dtype, loss, arch, D) present has every config; D = 128 (MUSE's
-    code size) is there for every kernel, dtype variant, loss and architecture."""
+    code size) is there for every kernel, dtype variant, loss and architecture, except fp32 with IEEE dots (FMA
+    units, no tensor cores: most tiles spill and take minutes each in ptxas; see the README's GPU section)."""
     from discbench.kernels import aot
     from discbench.kernels import jsd_triton as jt
 
     jobs = {(k, v, loss, tuple(c), d, a) for k, v, loss, c, d, a in aot.all_jobs()}
     assert set(table) <= jobs
-    assert {job for job in jobs if job[4] == 128} <= set(table)
+    assert {job for job in jobs if job[4] == 128 and job[1] != "fp32-ieee"} <= set(table)
     for key, rows in groups(table).items():
         assert sorted(tuple(r["config"]) for r in rows) == sorted(tuple(c) for c in jt.CONFIGS), key
     assert {a for *_, a in jobs} == {80, 86, 90} and {d for *_, d, _ in jobs} == {64, 128, 256}
@@ -131,9 +132,12 @@ def test_dots_smaller_than_16_do_not_build():
 
 
 def test_spills_and_shared_memory_are_detected():
-    """The resource reading is real: a 128 x 128 backward at D = 256 in fp32 IEEE spills and does not fit sm_86."""
+    """The resource reading is real: the 128 x 128 backward spills on sm_90 at D = 128, and the 128 x 128 forward at
+    D = 256 asks for more shared memory than sm_86 has, without spilling."""
     from discbench.kernels import aot
     from discbench.kernels import jsd_triton as jt
 
-    build = aot.build("bwd", "fp32-ieee", "jsd", jt.Config(128, 128, 8, 2), 256, 86)
-    assert not build.fits and (build.local_bytes > 0 or build.shared_bytes > aot.SHARED_LIMIT[86])
+    spills = aot.build("bwd", "fp32>bf16", "jsd", jt.Config(128, 128, 8, 2), 128, 90)
+    assert spills.local_bytes > 0 and spills.registers == 255 and not spills.fits
+    big = aot.build("fwd", "fp32>bf16", "nce", jt.Config(128, 128, 8, 2), 256, 86)
+    assert big.local_bytes == 0 and big.shared_bytes > aot.SHARED_LIMIT[86] and not big.fits
