@@ -30,6 +30,11 @@ from discbench.kernels import jsd_triton as jt  # noqa: E402
 JSON, MD = HERE / "critic_compile_matrix.json", HERE / "critic_compile_matrix.md"
 
 
+def dump(rows: dict) -> None:
+    """The table as JSON, one build per line."""
+    JSON.write_text("[\n" + ",\n".join(json.dumps(r) for r in sorted(rows.values(), key=key)) + "\n]\n")
+
+
 def key(row: dict) -> tuple:
     return row["kernel"], row["variant"], row["loss"], tuple(row["config"]), row["dim"], row["arch"]
 
@@ -90,7 +95,7 @@ def main() -> None:
             groups[k[:3] + k[4:]].add(k[3])
         whole = {g for g, have in groups.items() if have >= {tuple(c) for c in jt.CONFIGS}}
         rows = {k: r for k, r in rows.items() if k[:3] + k[4:] in whole and k[3] in {tuple(c) for c in jt.CONFIGS}}
-        JSON.write_text(json.dumps(sorted(rows.values(), key=key), indent=0) + "\n")
+        dump(rows)
         MD.write_text(render(list(rows.values())))
         print(f"kept {len(rows)} rows in {len(whole)} whole groups", file=sys.stderr)
         return
@@ -98,7 +103,7 @@ def main() -> None:
     for i, b in enumerate(aot.matrix(jobs, args.processes), 1):
         row = {**asdict(b), "config": list(b.config), "fits": b.fits}
         rows[key(row)] = row
-        JSON.write_text(json.dumps(sorted(rows.values(), key=key), indent=0) + "\n")
+        dump(rows)
         print(f"{i}/{len(jobs)} {time.time() - start:.0f}s {b.kernel} {b.variant} {b.loss} {b.config} D={b.dim} "
               f"sm_{b.arch}: {b.registers} regs, {b.local_bytes} B local, {b.shared_bytes} B shared"
               f"{'' if b.fits else ' (does not fit)'}", file=sys.stderr, flush=True)
