@@ -2,7 +2,8 @@
 
 The grid is the issue's: B = 32, 64, 128, 256; N = 8^2, 16^2, 32^2; D = 128; forward + backward. Each benchmark also
 records its peak memory (``extra_info["peak_mib"]``, measured as in ``discbench bench``: exact on CPU,
-``max_memory_allocated`` on CUDA) and CUDA calls are synchronised, so the time is the work, not the launch.
+``max_memory_allocated`` on CUDA) and CUDA calls are synchronised, so the time is the work, not the launch. On CUDA
+the steps run under bf16 autocast, as training does (``extra_info["autocast"]``).
 
     python -m pytest benchmarks --benchmark-enable                         # everything (minutes on a CPU)
     python -m pytest benchmarks --benchmark-enable -k "critic and B128"    # a slice
@@ -28,7 +29,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 @pytest.mark.parametrize("locations", bench.LOCATIONS, ids=lambda n: f"N{n}")
 @pytest.mark.parametrize("mode", sorted(bench.MODES))
 def test_forward_backward(benchmark, mode, locations, batch, impl):
-    case = bench.Case(mode, impl, batch, locations, dim=128)
+    case = bench.Case(mode, impl, batch, locations, dim=128, autocast=bench.effective_autocast("bf16", DEVICE))
     step = bench.MODES[mode](case, DEVICE)
 
     def synchronised() -> None:

@@ -364,10 +364,12 @@ def status(suite, budget, seeds, stale_after, results_dir, config_path):
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0), help="Untimed calls first.")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: torch's).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available).")
+@click.option("--autocast", default="bf16", show_default=True, type=click.Choice(["bf16", "off"]),
+              help="bf16: run under CUDA bf16 autocast, the path training takes; off: fp32. CPU runs never autocast.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results") / "bench" /
               "critic.json", show_default=True, help="Where to write the table as JSON with machine information.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def bench(modes, impls, batches, sides, dim, repeats, warmup, threads, device, out, quiet):
+def bench(modes, impls, batches, sides, dim, repeats, warmup, threads, device, autocast, out, quiet):
     """Time and peak memory of the MI critic, alone and in the full MUSE loss, per implementation."""
     import torch
 
@@ -386,9 +388,13 @@ def bench(modes, impls, batches, sides, dim, repeats, warmup, threads, device, o
         if not quiet:
             click.echo(f"{case.mode} {case.impl} B={case.batch} N={case.locations} D={case.dim}", err=True)
 
-    rows = measure.run(modes, impls, batches, [s * s for s in sides], dim, dev, repeats, warmup, progress)
+    autocast = measure.effective_autocast(autocast, dev)
+    click.echo(f"measuring on {dev} with fp32 codes, autocast {autocast}"
+               + (" (training's path: bf16 autocast on CUDA)" if autocast == "bf16" else "")
+               + (" (CPU never autocasts)" if dev.type != "cuda" else ""), err=True)
+    rows = measure.run(modes, impls, batches, [s * s for s in sides], dim, dev, repeats, warmup, progress, autocast)
     settings = {"modes": modes, "impls": impls, "batches": batches, "sides": sides, "dim": dim, "repeats": repeats,
-                "warmup": warmup, "threads": torch.get_num_threads()}
+                "warmup": warmup, "threads": torch.get_num_threads(), "autocast": autocast}
     measure.write_json(out, rows, settings, dev)
     click.echo(f"wrote {out}", err=True)
     click.echo(measure.render(rows))

@@ -30,7 +30,7 @@ from discbench.config import Bench, RunConfig
 from discbench.contract import preflight
 from discbench.distributed import Distributed
 from discbench.errors import DiscbenchError, NonFiniteLossError, NonFiniteWeightsError
-from discbench.kernels import record_impls, select_impl
+from discbench.kernels import describe_impl, record_impls
 from discbench.records import existing_valid, remove_orphans
 from discbench.registry import PROTOCOLS
 from discbench.results import (
@@ -188,7 +188,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
     if steps_per_epoch == 0:
         raise DiscbenchError(f"batch size {r.batch_size} exceeds the {data.num_train} training samples; lower "
                              f"recipe.batch_size or raise recipe.train_subset")
-    critic_impl = select_impl(device)
+    critic_impl = describe_impl(device)  # the implementation, with the reason when a CUDA device cannot run Triton
     pos = Position(history=TermHistory(steps_per_epoch * r.epochs))
     if checkpoint is not None:
         state = dist.broadcast(checkpoint.load(cfg.hash, seed) if dist.is_main else None)

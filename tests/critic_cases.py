@@ -10,6 +10,18 @@ import math
 import torch
 
 TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: dict(rtol=1e-2, atol=2e-3)}
+# Half-precision dots against the fp32 reference on the same rounded inputs: the scores are exact products summed in
+# fp32, so what differs is the rounding of the relative dS to the dot dtype before the two gradient dots (2^-9 in
+# bf16, 2^-11 in fp16, per term) and, for half-precision leaves, the rounding of the gradient to the leaf's dtype
+# (another 2^-9 / 2^-11). rtol is two units of that rounding; atol, relative to the largest gradient entry, bounds
+# entries that nearly cancel (sum of |terms| x unit <= ~2 x max |gradient| x unit for these critics; x2 margin).
+HALF_TOLERANCES = {torch.bfloat16: dict(rtol=2**-6, atol_rel=2**-7), torch.float16: dict(rtol=2**-8, atol_rel=2**-9)}
+
+
+def assert_close_scaled(got, want, rtol, atol_rel):
+    """|got - want| <= atol_rel * max|want| + rtol * |want| elementwise (compared in fp32)."""
+    want = want.float()
+    torch.testing.assert_close(got.float(), want, rtol=rtol, atol=atol_rel * want.abs().max().item() + 1e-12)
 
 
 def codes(b, n, d, dtype=torch.float32, scale=1.0):

@@ -65,6 +65,15 @@ def test_measure_runs_each_mode(mode):
     assert row["peak_kib_per_image"] == pytest.approx(row["peak_mib"] * 1024 / 4)
 
 
+def test_autocast_follows_training():
+    assert bench.effective_autocast("bf16", torch.device("cuda:1")) == "bf16"
+    assert bench.effective_autocast("bf16", torch.device("cpu")) == "off"
+    assert bench.effective_autocast("off", torch.device("cuda")) == "off"
+    with pytest.raises(DiscbenchError, match="autocast 'fp8' is not one of bf16, off"):
+        bench.effective_autocast("fp8", torch.device("cpu"))
+    assert [c.autocast for c in bench.cases(["critic"], ["torch"], [2], [4], 8, "bf16")] == ["bf16"]
+
+
 def test_full_mode_needs_a_square_map():
     with pytest.raises(DiscbenchError, match="N = 10 is not a square"):
         bench.full_step(bench.Case("full", "ref", 2, 10, 8), torch.device("cpu"))
@@ -81,7 +90,9 @@ def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys, monkey
         (m, i, b) for m in ("critic", "full") for i in ("ref", "torch") for b in (4, 6)}
     assert all(r["locations"] == 9 and r["dim"] == 8 for r in rows)
     assert payload["machine"]["torch"] == torch.__version__ and payload["machine"]["cpu_count"] >= 1
-    assert payload["settings"]["impls"] == ["ref", "torch"]
+    assert payload["settings"]["impls"] == ["ref", "torch"] and payload["settings"]["autocast"] == "off"
+    assert all(r["autocast"] == "off" for r in rows)  # CPU never autocasts, like training
+    assert "measuring on cpu with fp32 codes, autocast off (CPU never autocasts)" in err
     lines = stdout.strip().splitlines()
     assert lines[0].startswith("| mode") and len(lines) == 2 + len(rows)
     assert "| critic |   6 |   9 |   8 | torch  |" in stdout

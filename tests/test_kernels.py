@@ -11,7 +11,17 @@ import torch
 from torch.autograd import gradcheck
 
 from discbench.errors import DiscbenchError
-from discbench.kernels import CRITICS, IMPLS, available_impls, jsd_mi_loss, jsd_torch, nce_mi_loss, select_impl
+from discbench.kernels import (
+    CRITICS,
+    IMPLS,
+    available_impls,
+    describe_impl,
+    impl_name,
+    jsd_mi_loss,
+    jsd_torch,
+    nce_mi_loss,
+    select_impl,
+)
 from discbench.kernels.jsd_ref import jsd_mi_loss_ref, nce_mi_loss_ref
 from tests.conftest import REPO, TINY, requires_fashion_mnist
 from tests.critic_cases import TOLERANCES, codes, value_and_grads
@@ -122,6 +132,36 @@ def test_select_impl(monkeypatch):
     assert select_impl("cpu") == "torch"  # the interpreter is for tests, never picked on its own
 
 
+def test_cuda_devices_below_compute_capability_8_get_the_streamed_path_and_the_reason(monkeypatch):
+    """No GPU needed: the capability query is the only CUDA call on this path."""
+    pytest.importorskip("triton")
+    monkeypatch.delenv("DISCBENCH_IMPL", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cuda = torch.device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert select_impl(cuda) == "torch" and "triton" not in available_impls(cuda)
+    assert describe_impl(cuda) == "torch (triton: cuda:1 has compute capability 7.5 < 8.0)"
+    monkeypatch.setenv("DISCBENCH_IMPL", "triton")
+    with pytest.raises(DiscbenchError, match="compute capability >= 8.0.*cuda:1 has compute capability 7.5"):
+        select_impl(cuda)
+    monkeypatch.setenv("DISCBENCH_IMPL", "auto")
+    assert describe_impl(cuda) == "torch (triton: cuda:1 has compute capability 7.5 < 8.0)"
+    monkeypatch.setenv("DISCBENCH_IMPL", "torch")
+    assert describe_impl(cuda) == "torch"  # asked for: no reason to give
+    monkeypatch.delenv("DISCBENCH_IMPL")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert select_impl(cuda) == describe_impl(cuda) == "triton"
+    assert describe_impl("cpu") == "torch"
+
+
+def test_recorded_impl_strings_dispatch_on_their_first_word(monkeypatch):
+    local, global_ = codes(3, 4, 5)
+    calls = []
+    monkeypatch.setitem(CRITICS["jsd"], "torch", lambda lo, gl: calls.append("torch"))
+    jsd_mi_loss(local, global_, impl="torch (triton: cuda:0 has compute capability 7.5 < 8.0)")
+    assert calls == ["torch"] and impl_name("triton") == "triton"
+
+
 @pytest.mark.parametrize("module", ["jsd_ref.py", "jsd_torch.py"])
 def test_reference_and_cpu_paths_never_import_triton(module):
     tree = ast.parse((REPO / "discbench" / "kernels" / module).read_text())
@@ -159,3 +199,34 @@ def test_training_runs_agree_across_implementations(bench, monkeypatch):
     assert len(steps["ref"]) == 4
     torch.testing.assert_close(steps["torch"][0], steps["ref"][0], rtol=1e-6, atol=0)
     torch.testing.assert_close(torch.stack(steps["torch"]), torch.stack(steps["ref"]), rtol=1e-4, atol=0)
+
+
+def test_triton_configs_are_the_first_that_fit_the_device_chosen_once(monkeypatch):
+    """The CUDA selection logic without a GPU: builds are faked, the order, the fit test and the cache are real."""
+    from types import SimpleNamespace
+
+    jt = pytest.importorskip("discbench.kernels.jsd_triton")
+    local, global_ = codes(128, 4, 16)
+    plan = jt._Plan(local.reshape(-1, 16), global_, 4, jt.JSD.value, torch.bfloat16)
+    plan.device = torch.device("cuda", 3)
+    monkeypatch.setattr(jt, "max_shared_memory", lambda index: 99 * 1024 if index == 3 else 0)
+    monkeypatch.setattr(jt, "_CHOSEN", {})
+    built = []
+
+    def build(name, config):  # 128-wide tiles spill, the 64-wide 128-row tile needs 100 KiB
+        built.append(config)
+        kernel = SimpleNamespace(metadata=SimpleNamespace(shared=(100 if config.block_m == 128 else 40) * 1024),
+                                 n_spills=8 if config.block_c == 128 else 0)
+        kernel._init_handles = lambda: None
+        return kernel
+
+    plan.build = build
+    order = jt.preferred_configs(128)
+    assert [c.block_c for c in order[:3]] == [128, 128, 64] and order[2].block_m == 128
+    assert plan.config("bwd") == order[3] == jt.Config(64, 64, 8, 1)
+    assert built == order[:4]
+    assert plan.config("bwd") == order[3] and len(built) == 4  # cached: no more builds
+    assert jt.chosen_configs() == {"cuda:3 bwd jsd torch.float32 torch.float32 torch.bfloat16 ieee B=128 D=16":
+                                   "64x64/w8/s1"}
+    plan.build = lambda name, config: SimpleNamespace(metadata=SimpleNamespace(shared=1 << 30))
+    assert plan.config("fwd") is None  # nothing fits: the caller runs the streamed path

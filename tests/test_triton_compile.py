@@ -1,72 +1,143 @@
-"""The Triton critic kernels compile for real NVIDIA GPUs, down to a cubin, on this CPU-only machine.
+"""The Triton critic kernels build for real NVIDIA GPUs (sm_80, sm_86, sm_90), down to a cubin, on this CPU-only
+machine, the way a launch builds them: ``discbench.kernels.aot`` runs a real call's arguments through triton's binder
+(divisibility-by-16 specialisation of sizes, strides and pointers), targets ``GPUTarget("cuda", arch, 32)`` and uses
+the ptxas and cuobjdump bundled with triton.
 
-The interpreter (tests/triton/) proves the arithmetic, not that the kernels build for hardware: it accepts 8 x 8 x 8
-dots and ignores dtypes and shared memory. ``triton.compile`` with a ``GPUTarget`` needs no GPU: it runs the NVIDIA
-backend (TTIR -> TTGIR -> LLVM -> PTX) and the ptxas that ships with triton. Runs in the main process because the
-kernels must be JIT functions, not the interpreter's (skipped under TRITON_INTERPRET=1).
+The full matrix (every config x dtype variant x D in {64, 128, 256} x loss x kernel x architecture, ~1100 builds, a
+few seconds each) is benchmarks/critic_compile_matrix.json, written by benchmarks/critic_compile_matrix.py. Here: the
+table holds whole groups of configs (all of D = 128; benchmarks/critic_compile_matrix.md shows which other cells were
+built) and gives every tabulated shape a config that fits (no spills, shared memory within the architecture's
+limit); a slice of it is rebuilt and must match the table exactly (a stale table fails); ``DISCBENCH_COMPILE_MATRIX=1``
+rebuilds all of it. Runs in the main process because the kernels must be JIT functions, not the interpreter's
+(skipped under TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations
 
-import importlib
+import json
 import os
+from collections import defaultdict
 
 import pytest
+
+from tests.conftest import REPO
 
 triton = pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
                                 reason="under the interpreter the kernels are not JIT functions")
 
-KERNELS = ["_critic_fwd_kernel", "_critic_bwd_local_kernel", "_critic_bwd_global_kernel"]
-SMEM_SM86 = 99 * 1024  # the smallest opt-in shared memory per block among sm_80+ GPUs (sm_86/sm_89)
-FLOATS = {"pos_weight", "neg_weight", "scale"}
-CODES = {"l_ptr", "g_ptr", "dl_ptr"}  # pointers to codes in the input dtype; other pointers are fp32 buffers
+TABLE = REPO / "benchmarks" / "critic_compile_matrix.json"
 
 
-def compile_kernel(name: str, dtype: str, kind: int, block_m: int, block_c: int, warps: int, block_d: int, arch: int):
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    jt = importlib.import_module("discbench.kernels.jsd_triton")
-    kernel = getattr(jt, name)
-    constexprs = {"KIND": kind, "PRECISION": "tf32" if dtype == "fp32" else "ieee", "BLOCK_D": block_d,
-                  "BLOCK_M": block_m, "BLOCK_C": block_c}
-    signature = {}
-    for arg in kernel.arg_names:
-        if arg in constexprs:
-            signature[arg] = "constexpr"
-        elif arg.endswith("_ptr"):
-            signature[arg] = f"*{dtype}" if arg in CODES else "*fp32"
-        else:
-            signature[arg] = "fp32" if arg in FLOATS else "i32"
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+@pytest.fixture(scope="module")
+def table() -> dict[tuple, dict]:
+    rows = json.loads(TABLE.read_text())
+    return {(r["kernel"], r["variant"], r["loss"], tuple(r["config"]), r["dim"], r["arch"]): r for r in rows}
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("name", KERNELS)
-def test_smallest_config_builds_for_sm80_at_the_largest_code_size(name, dtype):
-    """Both losses, the largest D: a cubin, within the shared memory of every sm_80+ GPU, so autotuning on any of
-    them always has a config that runs."""
-    from discbench.kernels.jsd_triton import CUDA_CONFIGS, JSD, MAX_D, NCE
-
-    block_m, block_c, warps = min(CUDA_CONFIGS)
-    for kind in (JSD.value, NCE.value):
-        compiled = compile_kernel(name, dtype, kind, block_m, block_c, warps, MAX_D, 80)
-        assert compiled.asm["cubin"] and compiled.metadata.shared <= SMEM_SM86
+def groups(table) -> dict[tuple, list[dict]]:
+    """Table rows per (kernel, variant, loss, arch, D): the configs the dispatcher can choose from for that shape."""
+    out = defaultdict(list)
+    for (kernel, variant, loss, _, dim, arch), row in table.items():
+        out[(kernel, variant, loss, arch, dim)].append(row)
+    return out
 
 
-@pytest.mark.parametrize("name", KERNELS)
-def test_largest_config_builds_for_sm90(name):
-    """Hopper (wgmma for 64-row tiles) with bf16 codes of MUSE's D = 128."""
-    from discbench.kernels.jsd_triton import CUDA_CONFIGS, NCE
+def test_the_table_holds_whole_groups_and_every_cell_at_d_128(table):
+    """Every row is a job of the matrix; each (kernel, dtype, loss, arch, D) present has every config; D = 128 (MUSE's
+    code size) is there for every kernel, dtype variant, loss and architecture, except fp32 with IEEE dots (FMA
+    units, no tensor cores: most tiles spill and take minutes each in ptxas; see the README's GPU section)."""
+    from discbench.kernels import aot
+    from discbench.kernels import jsd_triton as jt
 
-    block_m, block_c, warps = max(CUDA_CONFIGS)
-    compiled = compile_kernel(name, "bf16", NCE.value, block_m, block_c, warps, 128, 90)
-    assert compiled.asm["cubin"]
+    jobs = {(k, v, loss, tuple(c), d, a) for k, v, loss, c, d, a in aot.all_jobs()}
+    assert set(table) <= jobs
+    assert {job for job in jobs if job[4] == 128 and job[1] != "fp32-ieee"} <= set(table)
+    for key, rows in groups(table).items():
+        assert sorted(tuple(r["config"]) for r in rows) == sorted(tuple(c) for c in jt.CONFIGS), key
+    assert {a for *_, a in jobs} == {80, 86, 90} and {d for *_, d, _ in jobs} == {64, 128, 256}
+    assert set(aot.VARIANTS) == {"fp32-tf32", "fp32-ieee", "fp16", "bf16", "fp32>bf16"}
+
+
+def test_every_tabulated_shape_has_a_config_that_fits(table):
+    """For each kernel, loss, dtype variant, architecture and D in the table, some config fits (no spills, shared
+    memory within the architecture's limit); the dispatcher takes the first fitting one in its preference order."""
+    from discbench.kernels import aot
+
+    for row in table.values():
+        assert row["fits"] == (row["local_bytes"] == 0 and row["shared_bytes"] <= aot.SHARED_LIMIT[row["arch"]])
+    missing = [key for key, rows in groups(table).items() if not any(r["fits"] for r in rows)]
+    assert not missing, f"no config fits: {sorted(missing)}"
+    # MUSE's common case, training's dtypes at B = 128, D = 128: a 128-wide column tile fits the forward everywhere
+    for arch in aot.ARCHS:
+        assert any(r["fits"] and r["config"][1] == 128 for r in groups(table)[("fwd", "fp32>bf16", "jsd", arch, 128)])
+
+
+def test_a_slice_rebuilds_exactly_as_tabulated(table):
+    """The dispatcher's first choice at B = 128 (preference order, first that fits) for training's dtypes, rebuilt
+    for each architecture: same registers, local memory and shared memory as the table."""
+    from discbench.kernels import aot
+    from discbench.kernels import jsd_triton as jt
+
+    jobs = []
+    for arch in aot.ARCHS:
+        for kernel in jt.KERNELS:
+            for config in jt.preferred_configs(128):
+                if table[(kernel, "fp32>bf16", "jsd", tuple(config), 128, arch)]["fits"]:
+                    jobs.append((kernel, "fp32>bf16", "jsd", config, 128, arch))
+                    break
+    assert len(jobs) == 2 * len(aot.ARCHS)
+    for build in aot.matrix(jobs):
+        row = table[(build.kernel, build.variant, build.loss, tuple(build.config), build.dim, build.arch)]
+        assert (build.registers, build.local_bytes, build.shared_bytes) == (
+            row["registers"], row["local_bytes"], row["shared_bytes"])
+        assert build.fits and build.registers <= 255
+
+
+@pytest.mark.skipif(os.environ.get("DISCBENCH_COMPILE_MATRIX") != "1",
+                    reason="the full matrix takes about an hour on 2 cores: set DISCBENCH_COMPILE_MATRIX=1")
+def test_the_whole_matrix_rebuilds_exactly_as_tabulated(table):
+    from discbench.kernels import aot
+
+    for build in aot.matrix(aot.all_jobs()):
+        row = table[(build.kernel, build.variant, build.loss, tuple(build.config), build.dim, build.arch)]
+        assert (build.registers, build.local_bytes, build.shared_bytes) == (
+            row["registers"], row["local_bytes"], row["shared_bytes"]), build
+
+
+def test_builds_get_the_run_time_specialisation():
+    """Sizes and strides divisible by 16 are specialised as at run time (tt.divisibility = 16), others not."""
+    from discbench.kernels import aot
+    from discbench.kernels import jsd_triton as jt
+
+    config = jt.CONFIGS[0]
+    names = jt.KERNELS["fwd"].arg_names
+
+    def divisible(b, n, d):
+        _, _, _, attrs, _ = aot.specialise("fwd", "bf16", jt.JSD.value, config, 90, b, n, d)
+        return {names[i] for (i,), a in attrs.items() if ["tt.divisibility", 16] in a}
+
+    assert divisible(128, 1024, 128) == {"l_ptr", "g_ptr", "row_loss_ptr", "lse_ptr", "n_rows", "n_loc", "n_img",
+                                         "dim", "stride_l", "stride_g"}
+    assert divisible(130, 67, 100) == {"l_ptr", "g_ptr", "row_loss_ptr", "lse_ptr"}
 
 
 def test_dots_smaller_than_16_do_not_build():
     """The check is real: a 16 x 16 x 8 half-precision dot (the interpreter runs it) fails to compile."""
+    from discbench.kernels import aot
+    from discbench.kernels import jsd_triton as jt
+
     with pytest.raises(Exception, match="K >= 16"):
-        compile_kernel("_critic_fwd_kernel", "bf16", 0, 16, 16, 4, 8, 80)
+        aot.compile_kernel("fwd", "bf16", jt.JSD.value, jt.Config(16, 16, 4, 1), 80, d=8, block_d=8)
+
+
+def test_spills_and_shared_memory_are_detected():
+    """The resource reading is real: the 128 x 128 backward spills on sm_90 at D = 128, and the 128 x 128 forward at
+    D = 256 asks for more shared memory than sm_86 has, without spilling."""
+    from discbench.kernels import aot
+    from discbench.kernels import jsd_triton as jt
+
+    spills = aot.build("bwd", "fp32>bf16", "jsd", jt.Config(128, 128, 8, 2), 128, 90)
+    assert spills.local_bytes > 0 and spills.registers == 255 and not spills.fits
+    big = aot.build("fwd", "fp32>bf16", "nce", jt.Config(128, 128, 8, 2), 256, 86)
+    assert big.local_bytes == 0 and big.shared_bytes > aot.SHARED_LIMIT[86] and not big.fits

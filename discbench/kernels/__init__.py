@@ -3,8 +3,10 @@
 Layering (Liger-Kernel's): ``jsd_ref`` is the naive oracle and never imports triton; ``jsd_torch`` is a streamed
 ``autograd.Function`` (the CPU path); ``jsd_triton`` holds the fused Triton kernels (the CUDA path), imported only
 when a Triton implementation is called. ``select_impl`` picks one: ``DISCBENCH_IMPL=ref|torch|triton`` forces it
-(an impossible request raises), otherwise Triton on CUDA when it imports and the streamed path everywhere else. The
-trainer writes the implementation into each run record. ``CRITICS`` is the table behind the dispatch.
+(an impossible request raises), otherwise Triton on CUDA devices of compute capability >= 8.0 when it imports and the
+streamed path everywhere else. The trainer records ``describe_impl``: the implementation, and why Triton was not
+used on a CUDA device (e.g. ``torch (triton: cuda:0 has compute capability 7.5 < 8.0)``); the dispatch reads only
+the first word of such a string. ``CRITICS`` is the table behind the dispatch.
 """
 
 from __future__ import annotations
@@ -41,15 +43,34 @@ CRITICS: dict[str, dict[str, Critic]] = {  # loss -> implementation -> function(
 }
 
 
-def triton_usable(device: torch.device) -> bool:
-    """Triton runs on CUDA devices, and on CPU tensors only under ``TRITON_INTERPRET=1``."""
+MIN_CAPABILITY = (8, 0)  # bf16 tl.dot (the dtype training's autocast gives the critic) needs sm_80
+
+
+def triton_unusable(device: torch.device | str) -> str | None:
+    """Why the Triton kernels cannot run on ``device`` (None: they can). They run on CUDA devices of compute
+    capability >= 8.0, and on CPU tensors only under ``TRITON_INTERPRET=1``."""
+    device = torch.device(device)
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return False
+        return f"triton runs on CUDA devices, this is {device.type}"
     try:
         import triton  # noqa: F401
     except ImportError:
-        return False
-    return True
+        return "triton is not installed"
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        if capability < MIN_CAPABILITY:
+            return (f"{device} has compute capability {capability[0]}.{capability[1]} < "
+                    f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]}")
+    return None
+
+
+def triton_usable(device: torch.device | str) -> bool:
+    return triton_unusable(device) is None
+
+
+def impl_name(impl: str) -> str:
+    """The implementation in a recorded ``critic_impl`` string ("torch (triton: ...)" -> "torch")."""
+    return impl.split(" ", 1)[0]
 
 
 def select_impl(device: torch.device | str = "cpu") -> str:
@@ -61,9 +82,22 @@ def select_impl(device: torch.device | str = "cpu") -> str:
     if requested not in IMPLS:
         raise DiscbenchError(f"DISCBENCH_IMPL='{requested}' is not one of {', '.join(IMPLS)} (or auto)")
     if requested == "triton" and not triton_usable(device):
-        raise DiscbenchError(f"DISCBENCH_IMPL=triton needs a CUDA device (or TRITON_INTERPRET=1) and an importable "
-                             f"triton; this run is on {device.type}. Use DISCBENCH_IMPL=torch")
+        raise DiscbenchError(f"DISCBENCH_IMPL=triton needs a CUDA device of compute capability >= 8.0 (or "
+                             f"TRITON_INTERPRET=1) and an importable triton: {triton_unusable(device)}. Use "
+                             f"DISCBENCH_IMPL=torch")
     return requested
+
+
+def describe_impl(device: torch.device | str = "cpu") -> str:
+    """``select_impl(device)``, with the reason when a CUDA device does not get the Triton kernels (what a run
+    records as ``critic_impl``; the dispatch accepts it). Calls whose shape fits no Triton config also fall back,
+    per call, with a warning: ``jsd_triton.fallbacks()`` lists them."""
+    device = torch.device(device)
+    impl = select_impl(device)
+    asked = os.environ.get("DISCBENCH_IMPL", "").strip().lower() not in ("", "auto")
+    if device.type == "cuda" and impl == "torch" and not asked:
+        return f"torch (triton: {triton_unusable(device)})"
+    return impl
 
 
 def available_impls(device: torch.device | str = "cpu") -> list[str]:
@@ -87,10 +121,11 @@ def record_impls(ran: set[str]) -> Iterator[set[str]]:
 
 
 def _dispatch(loss: str, local: Tensor, global_: Tensor, impl: str | None) -> Tensor:
+    """Run ``CRITICS[loss]`` of ``impl`` (a name, or a recorded ``describe_impl`` string) and note it as run."""
     impl = impl or select_impl(local.device)
     for ran in _RAN:
         ran.add(impl)
-    return CRITICS[loss][impl](local, global_)
+    return CRITICS[loss][impl_name(impl)](local, global_)
 
 
 def jsd_mi_loss(local: Tensor, global_: Tensor, impl: str | None = None) -> Tensor:

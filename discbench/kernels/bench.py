@@ -8,6 +8,11 @@ benchmarks record. One measurement is forward + backward of one case:
 - ``full``: the MUSE ``mi`` plugin with D = dim: its local encoder on a (B, 64, H, W) channels_last map
   (N = H*W), its global encoder on a 512-d vector, and the critic: what one MUSE term costs in training.
 
+Both run the path training takes: under ``torch.autocast("cuda", dtype=torch.bfloat16)`` on CUDA (the trainer's
+default ``runtime.amp_bf16``; ``autocast="off"`` measures fp32), with fp32 codes as the encoders produce them, so the
+Triton rows time the kernels reading fp32 codes with bf16 dots. Each row says what it measured: ``autocast`` (bf16 or
+off; autocast never applies on CPU, like training) and, for Triton rows, the kernel configs chosen for the case.
+
 Peak memory is the peak of bytes allocated during the call above what was allocated before it (inputs excluded;
 gradients, activations and temporaries included). On CPU it is exact: the running sum of the torch profiler's
 allocation and free events in time order. On CUDA it is ``torch.cuda.max_memory_allocated`` after a reset, with
@@ -51,6 +56,23 @@ class Case:
     batch: int
     locations: int
     dim: int = 128
+    autocast: str = "off"  # "bf16": the step runs under CUDA bf16 autocast, as training does
+
+
+AUTOCAST = ("bf16", "off")
+
+
+def effective_autocast(requested: str, device: torch.device) -> str:
+    """What a step on ``device`` runs under: bf16 autocast only on CUDA (like the trainer), else "off"."""
+    if requested not in AUTOCAST:
+        raise DiscbenchError(f"autocast '{requested}' is not one of {', '.join(AUTOCAST)}")
+    return requested if device.type == "cuda" else "off"
+
+
+def _autocast(case: Case, device: torch.device):
+    if case.autocast == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _clear_grads(tensors: list[Tensor]) -> None:
@@ -68,7 +90,9 @@ def critic_step(case: Case, device: torch.device) -> Callable[[], None]:
     critic = CRITICS["jsd"][case.impl]
 
     def step() -> None:
-        critic(local, global_).backward()
+        with _autocast(case, device):
+            loss = critic(local, global_)
+        loss.backward()
         _clear_grads([local, global_])
 
     return step
@@ -92,7 +116,9 @@ def full_step(case: Case, device: torch.device) -> Callable[[], None]:
     leaves = [source, target, *plugin.parameters()]
 
     def step() -> None:
-        plugin(source, target, ctx).loss.backward()
+        with _autocast(case, device):
+            loss = plugin(source, target, ctx).loss
+        loss.backward()
         _clear_grads(leaves)
 
     return step
@@ -178,12 +204,20 @@ def measure(case: Case, device: torch.device, repeats: int = 3, warmup: int = 1)
     step = MODES[case.mode](case, device)
     seconds = median_seconds(step, device, repeats, warmup)
     peak = peak_bytes(step, device)
-    return {**asdict(case), "ms": seconds * 1e3, "peak_mib": peak / MIB, "peak_kib_per_image": peak / 1024 / case.batch}
+    row = {**asdict(case), "ms": seconds * 1e3, "peak_mib": peak / MIB, "peak_kib_per_image": peak / 1024 / case.batch}
+    if case.impl == "triton":
+        from discbench.kernels import jsd_triton
+
+        row["triton_configs"] = {k: v for k, v in jsd_triton.chosen_configs().items()
+                                 if k.startswith(str(device)) and f"B={case.batch} D={case.dim}" in k}
+        row["triton_fallbacks"] = jsd_triton.fallbacks()
+    return row
 
 
-def cases(modes: list[str], impls: list[str], batches: list[int], locations: list[int], dim: int) -> list[Case]:
+def cases(modes: list[str], impls: list[str], batches: list[int], locations: list[int], dim: int,
+          autocast: str = "off") -> list[Case]:
     """The grid, ordered mode, N, B, implementation (so each implementation sits next to the reference)."""
-    return [Case(m, i, b, n, dim) for m in modes for n in locations for b in batches for i in impls]
+    return [Case(m, i, b, n, dim, autocast) for m in modes for n in locations for b in batches for i in impls]
 
 
 def check_impls(impls: list[str], device: torch.device) -> None:
@@ -195,9 +229,10 @@ def check_impls(impls: list[str], device: torch.device) -> None:
 
 def add_ratios(rows: list[dict]) -> list[dict]:
     """Each row's speed-up and memory saving against the reference row of the same mode, B, N and D (if measured)."""
-    refs = {(r["mode"], r["batch"], r["locations"], r["dim"]): r for r in rows if r["impl"] == "ref"}
+    refs = {(r["mode"], r["batch"], r["locations"], r["dim"], r.get("autocast")): r for r in rows
+            if r["impl"] == "ref"}
     for row in rows:
-        ref = refs.get((row["mode"], row["batch"], row["locations"], row["dim"]))
+        ref = refs.get((row["mode"], row["batch"], row["locations"], row["dim"], row.get("autocast")))
         row["speedup_vs_ref"] = ref["ms"] / row["ms"] if ref else None
         row["memory_saving_vs_ref"] = ref["peak_mib"] / row["peak_mib"] if ref and row["peak_mib"] else None
     return rows
@@ -207,9 +242,9 @@ def render(rows: list[dict]) -> str:
     """The measured rows as a markdown table; speed-up = ref time / time, memory saving = ref peak / peak."""
     from tabulate import tabulate
 
-    headers = ["mode", "B", "N", "D", "impl", "fwd+bwd ms", "peak MiB", "peak KiB / image", "speed-up vs ref",
-               "memory saving vs ref"]
-    table = [[r["mode"], r["batch"], r["locations"], r["dim"], r["impl"], r["ms"], r["peak_mib"],
+    headers = ["mode", "B", "N", "D", "impl", "autocast", "fwd+bwd ms", "peak MiB", "peak KiB / image",
+               "speed-up vs ref", "memory saving vs ref"]
+    table = [[r["mode"], r["batch"], r["locations"], r["dim"], r["impl"], r["autocast"], r["ms"], r["peak_mib"],
               r["peak_kib_per_image"], _ratio(r["speedup_vs_ref"]), _ratio(r["memory_saving_vs_ref"])]
              for r in rows]
     return tabulate(table, headers=headers, tablefmt="pipe", floatfmt=".1f")
@@ -242,11 +277,12 @@ def machine_info(device: torch.device) -> dict:
 
 def run(modes: list[str], impls: list[str], batches: list[int], locations: list[int], dim: int,
         device: torch.device, repeats: int = 3, warmup: int = 1,
-        progress: Callable[[Case], None] | None = None) -> list[dict]:
-    """Measure every case of the grid; rows come back with their ratios to the reference."""
+        progress: Callable[[Case], None] | None = None, autocast: str = "off") -> list[dict]:
+    """Measure every case of the grid (under ``autocast``, see ``effective_autocast``); rows come back with their
+    ratios to the reference."""
     check_impls(impls, device)
     rows = []
-    for case in cases(modes, impls, batches, locations, dim):
+    for case in cases(modes, impls, batches, locations, dim, effective_autocast(autocast, device)):
         if progress:
             progress(case)
         rows.append(measure(case, device, repeats, warmup))
