@@ -155,8 +155,9 @@ def sweep(suite, budget, seeds, out, launcher, workers, partition, time_limit, g
     from discbench.config import Bench
     from discbench.contract import preflight
     from discbench.leaderboard import render_suite
+    from discbench.records import load as load_records
     from discbench.registry import PROTOCOLS
-    from discbench.results import find_record, load_records
+    from discbench.results import find_record
     from discbench.teachers import TeacherStore
     from discbench.train import DataCache, SeedsFailed, pick_device, run_seeds, train_teachers
 
@@ -264,7 +265,7 @@ def leaderboard(results_dirs, budget, suites, out, figures, check, config_path):
     Without --suite the tables come from the records alone (no plugin, no torch); --suite resolves the suites'
     configurations to find their records. With --check nothing is written: the rendering is compared with the
     committed file."""
-    from discbench.leaderboard import render_markdown
+    from discbench.site import render_markdown
 
     if check:
         suites = suites or PUBLISHED_SUITES

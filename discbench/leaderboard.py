@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
@@ -504,20 +503,4 @@ def combine(parts: list[tuple]) -> str:
     union = [r for _, _, recs in parts for r in recs]
     if union and len(parts) > 1:
         text += "\n" + "\n".join(["# Across protocols", "", across_protocols(_frame(union)), ""])
-    return text
-
-
-def render_markdown(results_dirs, suites=(), budget: str | None = None, config_path=None, echo=None,
-                    figures: bool = False, draw_into: Path | None = None) -> str:
-    """What ``discbench leaderboard`` prints: every record's tables, or the tables of ``suites`` followed by the
-    across-protocols section over their records; with ``figures`` a Figures section that links
-    ``figures/<name>.png`` beside the markdown (drawn into ``draw_into`` when given, else only linked)."""
-    from discbench.records import load
-
-    parts = sections(load(results_dirs, echo=echo), suites, budget, config_path)
-    text = combine(parts)
-    if figures:
-        from discbench.figures import section
-
-        text += "\n" + section(parts, draw_into)[0]
     return text

@@ -1,6 +1,6 @@
 """Run records: one JSON file per (configuration, seed), written atomically. Schema: results/README.md.
 
-Reading records (``load_records``, leaderboards) imports neither torch nor any plugin; ``provenance`` imports torch
+Reading records (``discbench.records``, leaderboards) imports neither torch nor any plugin; ``provenance`` imports torch
 and torchvision when a run writes its record."""
 
 from __future__ import annotations
@@ -411,10 +411,3 @@ def _first_non_finite(data: Any, where: str = "") -> str:
 def write_record(path: Path, record: RunRecord) -> None:
     atomic_write_text(path, strict_json(record.to_dict()))
 
-
-def load_records(results_dirs, echo=None) -> list[RunRecord]:
-    """Every valid record under ``results_dirs`` (one directory, or several and globs), each run id once; invalid
-    files, duplicates and conflicts are reported through ``echo`` and left out (``discbench.records``)."""
-    from discbench.records import load
-
-    return load(results_dirs, echo=echo)

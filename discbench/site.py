@@ -180,6 +180,22 @@ LEGEND = ("Δ: difference of means to the baseline row of the same table and col
           "records' device; Peak memory: CUDA max allocated, or the CPU process's peak RSS (see LEADERBOARD.md).")
 
 
+def render_markdown(results_dirs, suites=(), budget: str | None = None, config_path=None, echo=None,
+                    figures: bool = False, draw_into: Path | None = None) -> str:
+    """What ``discbench leaderboard`` prints: every record's tables, or the tables of ``suites`` followed by the
+    across-protocols section over their records; with ``figures`` a Figures section that links
+    ``figures/<name>.png`` beside the markdown (drawn into ``draw_into`` when given, else only linked)."""
+    from discbench.figures import section
+    from discbench.leaderboard import combine, sections
+    from discbench.records import load
+
+    parts = sections(load(results_dirs, echo=echo), suites, budget, config_path)
+    text = combine(parts)
+    if figures:
+        text += "\n" + section(parts, draw_into)[0]
+    return text
+
+
 def publish(results_dirs: Iterable, out_dir: Path, suites=(), budget: str | None = None, config_path=None,
             echo=None) -> list[Path]:
     """Write the site into ``out_dir``; the paths written (the markdown, the page, the figures).
