@@ -1,6 +1,6 @@
 # discbench: the two set-up commands of the README.
 #   make demo   sets everything up, runs MUSE self-distillation against the baselines on Fashion-MNIST (3 seeds)
-#               and prints the leaderboard (about 12 minutes on 2 CPU cores).
+#               and prints the leaderboard (17 minutes measured on 2 CPU cores; see the README).
 #   make test   sets everything up and runs the test suite (the browser test included: chromium from apt).
 #   make check  fails with a diff when results/LEADERBOARD.md is stale; make leaderboard re-renders it and its
 #               figures; make publish writes the static site into site/; make summary appends the tables to
