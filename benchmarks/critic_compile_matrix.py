@@ -9,6 +9,7 @@ architecture's shared memory).
 
     python benchmarks/critic_compile_matrix.py                       # everything (~1100 builds, hours on 2 cores)
     python benchmarks/critic_compile_matrix.py --dim 128 --keep      # a slice, merged into the existing table
+    python benchmarks/critic_compile_matrix.py --missing             # only what the table lacks
 """
 
 from __future__ import annotations
@@ -82,13 +83,17 @@ def main() -> None:
     parser.add_argument("--variant", action="append", choices=list(aot.VARIANTS), help="dtype variant (repeatable)")
     parser.add_argument("--config", action="append", help="a config BLOCK_M,BLOCK_C,WARPS,STAGES (repeatable)")
     parser.add_argument("--keep", action="store_true", help="merge into the existing table instead of replacing it")
+    parser.add_argument("--missing", action="store_true", help="like --keep, building only the jobs not yet tabulated")
     parser.add_argument("--prune", action="store_true", help="only drop the groups that lack a config, and render")
     parser.add_argument("--processes", type=int, default=None)
     args = parser.parse_args()
     configs = tuple(jt.Config(*map(int, c.split(","))) for c in args.config) if args.config else jt.CONFIGS
     jobs = aot.all_jobs(archs=tuple(args.arch or aot.ARCHS), dims=tuple(args.dim or (128, 64, 256)),
                         variants=tuple(args.variant or aot.VARIANTS), configs=configs)
-    rows = {key(r): r for r in json.loads(JSON.read_text())} if (args.keep or args.prune) and JSON.exists() else {}
+    merge = args.keep or args.missing or args.prune
+    rows = {key(r): r for r in json.loads(JSON.read_text())} if merge and JSON.exists() else {}
+    if args.missing:
+        jobs = [job for job in jobs if (job[0], job[1], job[2], tuple(job[3]), job[4], job[5]) not in rows]
     if args.prune:
         groups = defaultdict(set)
         for k in rows:

@@ -29,7 +29,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 from torch import nn
 
 from discbench.errors import DiscbenchError
-from discbench.results import TermHistory
+from discbench.results import TermHistory, atomic_write
 
 FORMAT = "discbench-checkpoint"
 SCHEMA = 1
@@ -125,23 +124,16 @@ class CheckpointPlan:
         if not (self.enabled and self.writer):
             return
         path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
+
+        def rotate() -> None:
             if path.exists():
                 os.replace(path, self.previous)
-            os.replace(tmp, path)
+
+        try:
+            atomic_write(path, lambda f: torch.save(state, f), binary=True, before_replace=rotate)
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
             raise DiscbenchError(f"could not write checkpoint {path}: {exc}; free space or fix permissions in "
                                  f"{path.parent} (the previous checkpoint is intact)") from exc
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def load(self, config_hash: str, seed: int) -> dict[str, Any] | None:
         """The newest valid checkpoint of (``config_hash``, ``seed``), or None. Unreadable files are moved aside."""

@@ -15,9 +15,10 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import discbench
 from discbench.classifier import Classifier
@@ -362,22 +363,31 @@ def find_record(results_dir: Path, cfg: RunConfig, seed: int) -> Path | None:
     return next(iter(sorted(root.glob(f"*__{cfg.hash}__seed{seed}.json"))), None) if root.is_dir() else None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` through a temporary file in the same directory, then rename it into place: a killed writer
-    never leaves half a file and concurrent writers never interleave."""
+def atomic_write(path: Path, write: Callable[[IO], Any], *, binary: bool = False,
+                 before_replace: Callable[[], Any] | None = None) -> None:
+    """``write(f)`` into a temporary file in ``path``'s directory, fsync it, run ``before_replace`` (a checkpoint
+    rotates the previous one aside there), then rename it into place: a killed writer never leaves half a file,
+    concurrent writers never interleave, and a failure removes the temporary file and leaves ``path`` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; the file gets the mode any new file would get
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """``text`` written to ``path`` by ``atomic_write``."""
+    atomic_write(path, lambda f: f.write(text))
 
 
 def _umask() -> int:

@@ -35,9 +35,27 @@ ARGS = ["run", "--loss", "crd", "--backbone", "tinynet", "--seeds", "1", "--quie
 TOTAL_STEPS = 12
 
 
-def start(results: Path, *extra: str) -> subprocess.Popen:
+# The command line with a pause after every checkpoint write: the test reads each checkpoint's step and signals
+# inside the pause, so the signal lands right after step `target` on any machine, however loaded (a bare run's last
+# steps take milliseconds and a poller could miss them). The pause only delays; it changes no state.
+PACED = """
+import sys, time
+from discbench import checkpoint
+save = checkpoint.CheckpointPlan.save
+def paced(self, state):
+    save(self, state)
+    time.sleep(0.3)
+checkpoint.CheckpointPlan.save = paced
+from discbench.cli import main
+sys.argv[0] = "discbench"
+main()
+"""
+
+
+def start(results: Path, *extra: str, paced: bool = False) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "discbench", *ARGS, "--results-dir", str(results), *extra],
+    entry = ["-c", PACED] if paced else ["-m", "discbench"]
+    return subprocess.Popen([sys.executable, *entry, *ARGS, "--results-dir", str(results), *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -61,15 +79,19 @@ def comparable(rec: dict) -> dict:
 
 
 def checkpoint_of(results: Path) -> Path | None:
-    return next(iter(sorted(p for p in results.rglob("*.ckpt") if not p.name.startswith(".tmp-"))), None)
+    """The run's checkpoint, or None (also while the run creates or removes the directories it probes)."""
+    try:
+        return next(iter(sorted(p for p in results.rglob("*.ckpt") if not p.name.startswith(".tmp-"))), None)
+    except FileNotFoundError:
+        return None
 
 
 def interrupt(results: Path, sig: int, rng: random.Random) -> tuple[int, str, int]:
-    """Start a run, let it reach a random step (1..TOTAL_STEPS-2, read from its checkpoints), send ``sig``: at
-    least one step and the last evaluation remain, so the signal lands before the run ends (before the epoch boundary
-    at step 6, on it, or after it)."""
+    """Start a paced run, let it reach a random step (1..TOTAL_STEPS-2, read from its checkpoints), send ``sig`` in
+    the pause after that step's checkpoint: at least one step and the last evaluation remain, so the signal lands
+    before the run ends (before the epoch boundary at step 6, on it, or after it)."""
     target = rng.randint(1, TOTAL_STEPS - 2)
-    proc = start(results)
+    proc = start(results, paced=True)
     step = 0
     while proc.poll() is None and step < target:
         ckpt = checkpoint_of(results)
@@ -100,7 +122,7 @@ def test_sigkill_at_a_random_step_then_rerun_equals_uninterrupted(tmp_path, refe
     assert status == -signal.SIGKILL
     assert not list(tmp_path.rglob("*.json"))  # no record, no partial record
     saved = torch.load(checkpoint_of(tmp_path), weights_only=True)
-    assert 1 <= saved["step"] < TOTAL_STEPS and saved["step"] >= target - 1
+    assert saved["step"] == target  # the kill landed in the pause after that step's checkpoint
     assert list(tmp_path.rglob("*.claim"))  # the dead process's claim is left behind ...
     status, err = finish(start(tmp_path))  # ... and taken over: same host, its process is gone
     assert status == 0, err
