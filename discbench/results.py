@@ -43,6 +43,16 @@ def _git_commit() -> str | None:
     return sha + ("-dirty" if dirty else "")
 
 
+def _distribution_version(name: str) -> str | None:
+    """The installed version of distribution ``name`` (None when absent), read without importing it."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def provenance() -> dict[str, Any]:
     import torch
     import torchvision
@@ -59,6 +69,7 @@ def provenance() -> dict[str, Any]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "triton": triton_version,
+        "timm": _distribution_version("timm"),  # the weights and layouts of timm: backbones
         "python": platform.python_version(),
         "platform": platform.platform(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import sys
 
@@ -51,6 +53,8 @@ def test_run_skip_force_and_leaderboard(tmp_path, capsys, monkeypatch):
     assert rec["cost"]["loss_params"] > 0 and rec["runtime"]["critic_impl"] == "torch"
     assert rec["config"]["recipe"]["train_subset"] == 128 and rec["config_hash"] in paths[0].name
     assert rec["provenance"]["torch"] and rec["timing"]["steps"] == 4
+    timm = importlib.util.find_spec("timm")
+    assert rec["provenance"]["timm"] == (importlib.metadata.version("timm") if timm else None)
     mtimes = [p.stat().st_mtime_ns for p in paths]
 
     status, _, err = discbench(capsys, monkeypatch, "run", "--loss", "mi_x_si", "--backbone", "smallnet",
