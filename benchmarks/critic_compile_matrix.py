@@ -7,7 +7,7 @@ benchmarks/critic_compile_matrix.json (read by tests/test_triton_compile.py) aft
 first, and .md (registers / local bytes / shared KiB per cell; "x" marks a build that spills or exceeds the
 architecture's shared memory).
 
-    python benchmarks/critic_compile_matrix.py                       # everything (~1100 builds, hours on 2 cores)
+    python benchmarks/critic_compile_matrix.py                       # all 1440 builds (about an hour on 2 cores)
     python benchmarks/critic_compile_matrix.py --dim 128 --keep      # a slice, merged into the existing table
     python benchmarks/critic_compile_matrix.py --missing             # only what the table lacks
 """

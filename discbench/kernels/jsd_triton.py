@@ -96,6 +96,7 @@ class Config(NamedTuple):
 CONFIGS = (  # measured for D = 64, 128, 256 on sm_80, sm_86, sm_90: benchmarks/critic_compile_matrix.md
     Config(32, 32, 4, 2), Config(32, 32, 8, 1), Config(32, 64, 4, 1), Config(64, 64, 8, 1), Config(128, 64, 8, 1),
     Config(32, 128, 8, 1), Config(128, 128, 8, 2),
+    Config(16, 16, 8, 1),  # the one tile whose backward fits fp32 dots at D = 256 on sm_86 (TF32 and IEEE)
 )
 
 
@@ -249,9 +250,10 @@ def preferred_configs(n_img: int, fma: bool = False) -> list[Config]:
     """CONFIGS in the order they are tried for B = ``n_img`` columns: fewest column tiles (every local code read
     once), then the narrowest such tile (least masked work), then the tallest row tile (fewest programs).
 
-    ``fma``: fp32 dots at IEEE precision run on the FMA units, not the tensor cores, and every tile but 32 x 32 spills
-    there (benchmarks/critic_compile_matrix.md; such builds also take minutes in ptxas): smallest tiles first, most
-    warps first."""
+    ``fma``: fp32 dots at IEEE precision run on the FMA units, not the tensor cores, where every backward tile above
+    32 x 32 spills at D >= 128 and 32 x 32 itself spills in some (benchmarks/critic_compile_matrix.md; a spilling
+    build also takes minutes in ptxas): smallest tiles first, most warps first, so the first candidate, 16 x 16 with 8
+    warps, fits every tabulated shape and is the only one built."""
     if fma:
         return sorted(CONFIGS, key=lambda c: (c.block_m * c.block_c, -c.num_warps, c.block_c))
     return sorted(CONFIGS, key=lambda c: (triton.cdiv(n_img, c.block_c), c.block_c, -c.block_m, c.num_warps))

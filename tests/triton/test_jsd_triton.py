@@ -142,7 +142,7 @@ def test_configs_are_chosen_once_and_recorded():
     chosen = jt.chosen_configs()
     # fp32 codes and torch's default "highest" matmul precision: IEEE fp32 dots, the smallest tile first
     want = str(jt.preferred_configs(37, fma=True)[0])
-    assert want == "32x32/w8/s1"
+    assert want == "16x16/w8/s1"
     f32 = "torch.float32 torch.float32 torch.float32 ieee B=37 D=20"
     assert chosen == {f"cpu fwd jsd {f32}": want, f"cpu bwd jsd {f32}": want}
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -157,7 +157,9 @@ def test_preferred_configs_and_split_depend_only_on_the_shape(monkeypatch):
     assert [c.block_c for c in jt.preferred_configs(128)][:3] == [128, 128, 64]
     assert jt.preferred_configs(20)[0].block_c == 32
     assert jt.preferred_configs(130)[0].block_c == 128  # two column tiles: the fewest any config gives
-    assert jt.preferred_configs(128, fma=True)[:2] == [jt.Config(32, 32, 8, 1), jt.Config(32, 32, 4, 2)]
+    assert jt.preferred_configs(128, fma=True)[:3] == [jt.Config(16, 16, 8, 1), jt.Config(32, 32, 8, 1),
+                                                       jt.Config(32, 32, 4, 2)]
+    assert jt.preferred_configs(16)[0] == jt.Config(16, 16, 8, 1)  # B <= 16: one 16-wide column tile
     # 131072 rows of 64: 2048 row tiles over 256 programs of 8; 10 tiles: one each, or 4 programs of 3 (the last 1)
     assert jt.bwd_split(128 * 1024, 64) == (256, 8)
     assert jt.bwd_split(10 * 32 - 5, 32) == (10, 1)
