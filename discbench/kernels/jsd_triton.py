@@ -96,7 +96,7 @@ class Config(NamedTuple):
 CONFIGS = (  # measured for D = 64, 128, 256 on sm_80, sm_86, sm_90: benchmarks/critic_compile_matrix.md
     Config(32, 32, 4, 2), Config(32, 32, 8, 1), Config(32, 64, 4, 1), Config(64, 64, 8, 1), Config(128, 64, 8, 1),
     Config(32, 128, 8, 1), Config(128, 128, 8, 2),
-    Config(16, 16, 8, 1),  # the one tile whose backward fits fp32 dots at D = 256 on sm_86 (TF32 and IEEE)
+    Config(16, 16, 8, 1),  # the only backward that fits TF32 at D = 256 on sm_86 and some IEEE InfoNCE shapes
 )
 
 
