@@ -402,7 +402,7 @@ def train_teachers(bench: Bench, backbone: str, dataset: str, budget: str, seeds
         claim, waiting = None, False
         while True:
             manifest = teachers.manifest(teacher_id)
-            if manifest is not None and not (force and claim is None and not waiting):
+            if manifest is not None and (waiting or not force):  # --force retrains unless it waited for one
                 break
             claim = claims.acquire(files.claim, opts.stale_after)
             if isinstance(claim, claims.HeldClaim):

@@ -73,11 +73,17 @@ def impl_name(impl: str) -> str:
     return impl.split(" ", 1)[0]
 
 
+def _requested() -> str | None:
+    """The implementation ``$DISCBENCH_IMPL`` asks for (None: unset or "auto")."""
+    requested = os.environ.get("DISCBENCH_IMPL", "").strip().lower()
+    return None if requested in ("", "auto") else requested
+
+
 def select_impl(device: torch.device | str = "cpu") -> str:
     """The critic implementation for ``device``: ``$DISCBENCH_IMPL`` if set, else triton on CUDA, else torch."""
     device = torch.device(device)
-    requested = os.environ.get("DISCBENCH_IMPL", "").strip().lower()
-    if not requested or requested == "auto":
+    requested = _requested()
+    if requested is None:
         return "triton" if device.type == "cuda" and triton_usable(device) else "torch"
     if requested not in IMPLS:
         raise DiscbenchError(f"DISCBENCH_IMPL='{requested}' is not one of {', '.join(IMPLS)} (or auto)")
@@ -94,8 +100,7 @@ def describe_impl(device: torch.device | str = "cpu") -> str:
     per call, with a warning: ``jsd_triton.fallbacks()`` lists them."""
     device = torch.device(device)
     impl = select_impl(device)
-    asked = os.environ.get("DISCBENCH_IMPL", "").strip().lower() not in ("", "auto")
-    if device.type == "cuda" and impl == "torch" and not asked:
+    if device.type == "cuda" and impl == "torch" and _requested() is None:
         return f"torch (triton: {triton_unusable(device)})"
     return impl
 

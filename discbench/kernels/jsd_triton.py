@@ -75,7 +75,6 @@ from discbench.errors import DiscbenchError
 JSD: tl.constexpr = tl.constexpr(0)
 NCE: tl.constexpr = tl.constexpr(1)
 MAX_D = 256
-MIN_CAPABILITY = (8, 0)  # bf16 tl.dot and cp.async
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_SPLIT = 256  # programs of the backward: about 2 per SM on an H100 (132 SMs), a constant (determinism)
 DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
