@@ -2,8 +2,9 @@
 #   make demo   sets everything up, runs MUSE self-distillation against the baselines on Fashion-MNIST (3 seeds)
 #               and prints the leaderboard (17 minutes measured on 2 CPU cores; see the README).
 #   make test   sets everything up and runs the test suite (the browser test included: chromium from apt).
-#   make check  fails with a diff when results/LEADERBOARD.md is stale; make leaderboard re-renders it and its
-#               figures; make publish writes the static site into site/; make summary appends the tables to
+#   make check  fails with a diff when results/LEADERBOARD.md is stale (the published suites: bench.toml's
+#               [publish]); make leaderboard re-renders it and its figures; make publish writes the static site into
+#               site/; make summary appends the tables to
 #               $GITHUB_STEP_SUMMARY (stdout elsewhere). .ci/run and .github/workflows/ci.yml run the same targets.
 # Both work on a fresh Debian/Ubuntu machine with python3 (>= 3.11); the dataset comes from Debian's
 # dataset-fashion-mnist package, torch and torchvision from pip.
@@ -15,8 +16,6 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 CHROMIUM := /usr/bin/chromium
 SITE ?= site
-# the published suites (results/LEADERBOARD.md); discbench/cli.py PUBLISHED_SUITES is the same list
-SUITES := demo table5-smoke table6-smoke table7a-smoke table7b-smoke table1-smoke table3-smoke zoo-smoke zoo-smoke-online zoo-smoke-offline
 
 .PHONY: setup demo test lint clean-demo check leaderboard publish summary
 
@@ -48,14 +47,13 @@ lint: setup
 	$(BIN)/ruff check .
 
 check: setup
-	$(BIN)/discbench leaderboard --results-dir results/runs $(addprefix --suite ,$(SUITES)) --figures --check
+	$(BIN)/discbench leaderboard --check
 
 leaderboard: setup
-	$(BIN)/discbench leaderboard --results-dir results/runs $(addprefix --suite ,$(SUITES)) --figures \
-	  --out results/LEADERBOARD.md > /dev/null
+	$(BIN)/discbench leaderboard --published
 
 publish: setup
-	$(BIN)/discbench publish --results-dir results/runs --out $(SITE)
+	$(BIN)/discbench publish --published --out $(SITE)
 
 summary:
 	cat $(SITE)/LEADERBOARD.md >> "$${GITHUB_STEP_SUMMARY:-/dev/stdout}"

@@ -1,3 +1,9 @@
-"""Built-in backbones (installed as ``discbench.backbones``); importing this package registers them."""
+"""Built-in backbones (installed as ``discbench.backbones``). Importing this package imports every module in it, which
+registers each backbone with its decorator: a new backbone is one new file here (``adapters`` makes the ``tv:`` and
+``timm:`` classes on demand)."""
 
-from discbench.backbones import cifar, resnet, smallnet, table1  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from discbench.classifier import Classifier  # torch-free: run records and leaderboards read it too
+from discbench.keys import Classifier, Term  # torch-free: run records and leaderboards read them too
 from discbench.ranges import Range  # torch-free: config.py checks hyper-parameters with it
 
 if TYPE_CHECKING:
@@ -128,8 +128,9 @@ class Discrepancy(nn.Module):
 
     Subclasses set ``name`` (the registry key), bump ``version`` whenever their numbers could change, declare
     which tensors they compare (``tap``), which module pairs two networks feed them (``pairing``), whether gradient
-    flows into the target (``detaches_target``) and the protocols the method is defined for (``protocols``; another
-    protocol refuses the loss in one line), and implement ``forward``. Keyword arguments of ``__init__`` after the
+    flows into the target (``detaches_target``) and, when the method is defined only under some protocols, those
+    (``protocols``; another protocol refuses the loss in one line; None, the default, is every registered protocol),
+    and implement ``forward``. Keyword arguments of ``__init__`` after the
     two specs are the plugin's hyper-parameters:
     ``bench.toml`` sets them under ``[losses.<name>]`` and ``--set loss.<key>=...`` overrides them, type-checked
     against the defaults and range-checked against ``ranges`` (``{"dim": Range(ge=1)}``; discbench.ranges).
@@ -140,7 +141,7 @@ class Discrepancy(nn.Module):
     tap: ClassVar[Tap] = Tap.FEATURE
     pairing: ClassVar[Pairing] = Pairing.TO_LAST
     detaches_target: ClassVar[bool] = True
-    protocols: ClassVar[frozenset[str]] = frozenset({"self", "online", "offline"})  # where the method is defined
+    protocols: ClassVar[frozenset[str] | None] = None  # where the method is defined; None: under every protocol
     ranges: ClassVar[Mapping[str, Range]] = {}  # valid range of each numeric hyper-parameter (floats: finite anyway)
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec):
@@ -204,14 +205,13 @@ def classifier_head(channels: int, num_classes: int) -> nn.Sequential:
 
 @dataclass
 class StepOutput:
-    """The weighted total of a step and its unweighted terms (detached scalars), e.g. ``{"ce@4": ..., "mi@1": ...}``.
-
-    Term names are ``<term>@<module>`` in one network and ``<term>@<network>.<module>`` (or ``@<network>``) when a
-    protocol trains several.
+    """The weighted total of a step and its unweighted terms (detached scalars) by typed name, e.g.
+    ``{Term("ce", module=4): ..., Term("mi", module=1): ...}`` in one network, ``Term("mi", "net1", 2)`` when a
+    protocol trains several (``discbench.keys.Term``).
     """
 
     total: Tensor
-    terms: dict[str, Tensor]
+    terms: dict[Term, Tensor]
 
 
 class Protocol(nn.Module):

@@ -1,30 +1,21 @@
-"""What ``discbench list losses`` shows, readable without importing torch.
+"""What ``discbench list losses`` and ``list protocols`` show, read without importing torch.
 
-Every loss is described by a ``LossCard``: its name, where it comes from, the protocols it is defined for and its
-hyper-parameters with their defaults. A card is made from the loss class (``LossCard.of``), which means importing
-the plugin and torch (about 4 s on a 2-core machine). For the built-ins, the cards are also stored in
-``losses/index.json`` together with the SHA-256 of every file in ``losses/``; ``builtin_cards`` returns them without
-importing anything as long as those files are unchanged, and None otherwise (the caller then imports the plugins:
-the listing is never stale, only slower). A test regenerates the index from the classes and fails when the checked-in
-copy differs; refresh it with::
-
-    python -m discbench.catalog --write
-
-Third-party plugins (``discbench.losses`` entry points) are always imported to be described: their metadata lives
-in their classes.
+The built-in losses and protocols are described from their source files (``ast``): each class registered with
+``@LOSSES.register()`` (or ``@PROTOCOLS.register()``) gives its ``name``, the protocols it is defined for and the
+hyper-parameters of its ``__init__`` with their defaults, following its base classes among the files read. Nothing
+is generated or stored, so nothing can go stale: a new loss file is listed as soon as it exists. When a file holds
+something the reader cannot evaluate without running it (a computed default), the classes are imported instead
+(about 4 s: ``import torch``), and always for third-party plugins (``discbench.losses`` entry points), whose
+metadata lives in their classes. A test holds the static reading against the imported classes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import sys
-from dataclasses import asdict, dataclass
+import ast
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
-
-INDEX_NAME = "index.json"
 
 
 @dataclass(frozen=True)
@@ -37,66 +28,172 @@ class LossCard:
     hparams: dict[str, str]
 
     @classmethod
-    def of(cls, loss_cls: Any, origin: str) -> LossCard:
-        return cls(loss_cls.name, origin, tuple(sorted(loss_cls.protocols)),
-                   {k: repr(v) for k, v in loss_cls.hparams().items()})
+    def of(cls, loss_cls: Any, origin: str, every_protocol: tuple[str, ...]) -> LossCard:
+        protocols = every_protocol if loss_cls.protocols is None else tuple(sorted(loss_cls.protocols))
+        return cls(loss_cls.name, origin, protocols, {k: repr(v) for k, v in loss_cls.hparams().items()})
 
     def describe(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.hparams.items()) or "none"
         return f"{self.origin}; protocols {', '.join(self.protocols)}; hyper-parameters {params}"
 
 
-def losses_dir() -> Path:
-    """The directory of the built-in losses (``discbench.losses``), found without importing it."""
-    spec = find_spec("discbench.losses")
+def package_dir(package: str) -> Path:
+    """The directory of a discbench package, found without importing it."""
+    spec = find_spec(package)
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _digests(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.py"))}
+class Unreadable(Exception):
+    """A source file holds something only running it would tell."""
 
 
-def builtin_cards(directory: Path | None = None) -> list[LossCard] | None:
-    """The built-in cards from the index, or None when the index is missing, unreadable or older than a file."""
-    directory = directory or losses_dir()
-    try:
-        index = json.loads((directory / INDEX_NAME).read_text())
-        if index["files"] != _digests(directory):
-            return None
-        return [LossCard(c["name"], c["origin"], tuple(c["protocols"]), dict(c["hparams"])) for c in index["losses"]]
-    except (OSError, ValueError, KeyError, TypeError):
+@dataclass
+class _Class:
+    module: str
+    bases: list[str]
+    attrs: dict[str, ast.expr]
+    init: ast.FunctionDef | None
+    registered: bool
+
+
+def _registered_with(node: ast.ClassDef, registry: str) -> bool:
+    return any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "register"
+               and isinstance(d.func.value, ast.Name) and d.func.value.id == registry for d in node.decorator_list)
+
+
+def _classes(directory: Path, package: str, registry: str) -> dict[str, _Class]:
+    out: dict[str, _Class] = {}
+    for path in sorted(directory.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in tree.body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            if node.name in out:
+                raise Unreadable(f"two classes named {node.name}")
+            attrs, init = {}, None
+            for item in node.body:
+                if isinstance(item, ast.Assign) and len(item.targets) == 1 and isinstance(item.targets[0], ast.Name):
+                    attrs[item.targets[0].id] = item.value
+                elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.value is not None:
+                    attrs[item.target.id] = item.value
+                elif isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    init = item
+            out[node.name] = _Class(f"{package}.{path.stem}", [ast.unparse(b).split(".")[-1] for b in node.bases],
+                                    attrs, init, _registered_with(node, registry))
+    return out
+
+
+def _lookup(classes: dict[str, _Class], name: str, attr: str) -> ast.expr | None:
+    """``attr`` of class ``name`` or of its nearest base among ``classes`` (None: not set there)."""
+    cls = classes.get(name)
+    if cls is None:
         return None
+    if attr in cls.attrs:
+        return cls.attrs[attr]
+    for base in cls.bases:
+        found = _lookup(classes, base, attr)
+        if found is not None:
+            return found
+    return None
 
 
-def build_index() -> dict[str, Any]:
-    """The index of the built-in losses, made by importing them (what ``--write`` stores)."""
-    from discbench.registry import LOSSES
-
-    cards = [LossCard.of(LOSSES.get(name), origin) for name, origin in LOSSES.origins().items()
-             if LOSSES.source(name).distribution == "discbench"]
-    return {"files": _digests(losses_dir()), "losses": [asdict(c) for c in cards]}
+def _init(classes: dict[str, _Class], name: str) -> ast.FunctionDef | None:
+    cls = classes.get(name)
+    if cls is None:
+        return None
+    return cls.init or next((i for b in cls.bases if (i := _init(classes, b)) is not None), None)
 
 
-def index_text(index: dict[str, Any]) -> str:
-    return json.dumps(index, indent=1) + "\n"
+def _literal(node: ast.expr) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise Unreadable(ast.unparse(node)) from None
 
 
-def main(argv: list[str]) -> int:
-    path = losses_dir() / INDEX_NAME
-    text = index_text(build_index())
-    if argv == ["--write"]:
-        path.write_text(text)
-        print(f"wrote {path}")
-        return 0
-    if argv == ["--check"]:
-        current = path.read_text() if path.is_file() else ""
-        if current != text:
-            print(f"{path} is stale: run 'python -m discbench.catalog --write'", file=sys.stderr)
-            return 1
-        return 0
-    print("usage: python -m discbench.catalog --write | --check", file=sys.stderr)
-    return 2
+def _protocol_set(node: ast.expr | None) -> tuple[str, ...] | None:
+    """``frozenset({"online"})`` -> ("online",); None (every protocol) when unset or ``None``."""
+    if node is None or (isinstance(node, ast.Constant) and node.value is None):
+        return None
+    if isinstance(node, ast.Call) and not node.args:
+        return ()
+    if isinstance(node, ast.Call) and len(node.args) == 1:
+        return tuple(sorted(_literal(node.args[0])))
+    raise Unreadable(ast.unparse(node))
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def _hparams(init: ast.FunctionDef | None) -> dict[str, str]:
+    """Keyword arguments of ``__init__`` after (self, source, target) with the repr of their defaults."""
+    if init is None:
+        return {}
+    args = init.args
+    positional = args.posonlyargs + args.args
+    defaults = dict(zip([a.arg for a in positional[len(positional) - len(args.defaults):]], args.defaults,
+                        strict=True))
+    defaults.update({a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None})
+    names = [a.arg for a in positional[3:]] + [a.arg for a in args.kwonlyargs]
+    return {n: repr(_literal(defaults[n])) for n in names if n in defaults}
+
+
+def protocol_names() -> tuple[str, ...]:
+    """The built-in protocols' names, sorted, read from their files."""
+    return tuple(name for name, _, _ in _protocols())
+
+
+def _protocols() -> list[tuple[str, str | None, str]]:
+    """(name, partner option, module) of every built-in protocol, by name."""
+    classes = _classes(package_dir("discbench.protocols"), "discbench.protocols", "PROTOCOLS")
+    out = []
+    for cls_name, cls in classes.items():
+        if cls.registered:
+            partner = _lookup(classes, cls_name, "partner")
+            out.append((_literal(_lookup(classes, cls_name, "name")), _literal(partner) if partner else None,
+                        cls.module))
+    return sorted(out)
+
+
+def static_cards(directory: Path | None = None) -> list[LossCard]:
+    """The built-in losses' cards, read from their source files (``Unreadable`` if one cannot be read so)."""
+    classes = _classes(directory or package_dir("discbench.losses"), "discbench.losses", "LOSSES")
+    every = protocol_names()
+    cards = []
+    for cls_name, cls in classes.items():
+        if not cls.registered:
+            continue
+        protocols = _protocol_set(_lookup(classes, cls_name, "protocols"))
+        cards.append(LossCard(_literal(_lookup(classes, cls_name, "name")), f"built-in ({cls.module})",
+                              every if protocols is None else protocols, _hparams(_init(classes, cls_name))))
+    return sorted(cards, key=lambda c: c.name)
+
+
+def imported_cards() -> list[LossCard]:
+    """Every registered loss's card, from its imported class (third-party plugins included); a plugin that cannot be
+    loaded is a card whose origin says ``ERROR: ...`` (the others are listed all the same)."""
+    from discbench.registry import LOSSES, PROTOCOLS
+
+    every = tuple(PROTOCOLS.names())
+    cards = []
+    for name, origin in LOSSES.origins().items():
+        problem = LOSSES.problem(name)
+        cards.append(LossCard(name, f"{origin}; ERROR: {problem}", (), {}) if problem
+                     else LossCard.of(LOSSES.get(name), origin, every))
+    return cards
+
+
+def loss_cards() -> list[LossCard]:
+    """What ``list losses`` shows: the static cards when only the built-ins are installed and readable, else the
+    imported ones."""
+    from discbench.registry import entry_points
+
+    if not entry_points("discbench.losses"):
+        try:
+            return static_cards()
+        except (Unreadable, OSError, SyntaxError):
+            pass
+    return imported_cards()
+
+
+def protocol_rows() -> list[tuple[str, str]]:
+    """``list protocols``: each built-in protocol, where it comes from and the option naming its second network."""
+    return [(name, f"built-in ({module})" + (f"; second network: --{partner}" if partner else ""))
+            for name, partner, module in _protocols()]

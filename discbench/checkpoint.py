@@ -25,6 +25,7 @@ next step boundary: the loop writes a checkpoint and raises ``Preempted`` (the C
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import signal
@@ -37,11 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from discbench.atomic import atomic_write
 from discbench.errors import DiscbenchError
-from discbench.results import TermHistory, atomic_write
+from discbench.keys import Term
 
 FORMAT = "discbench-checkpoint"
-SCHEMA = 1
+SCHEMA = 2  # 2: terms are stored as typed names
 
 
 class Preempted(DiscbenchError):
@@ -210,6 +212,47 @@ def _device_of(module: nn.Module) -> torch.device:
     return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
+class TermHistory:
+    """Every loss term averaged over windows of ``every`` steps (MUSE Figs. 2 and 3 plot them over training), with
+    ``every`` chosen so that a run keeps at most ``max_points`` points per term: records stay small."""
+
+    def __init__(self, total_steps: int, max_points: int = 100):
+        self.every = max(1, math.ceil(total_steps / max_points))
+        self.steps: list[int] = []
+        self.rows: list[list[float]] = []
+        self.keys: list[str] = []
+        self._sum: Any = None
+        self._count = 0
+
+    def add(self, keys: list[str], values: Any) -> None:
+        self.keys = keys
+        self._sum = values if self._sum is None else self._sum + values
+        self._count += 1
+        if self._count == self.every:
+            self.rows.append((self._sum / self._count).tolist())
+            self.steps.append((len(self.steps) + 1) * self.every)
+            self._sum, self._count = None, 0
+
+    def state(self) -> dict:
+        """Everything needed to continue after a resume (a checkpoint holds it)."""
+        return {"every": self.every, "steps": self.steps, "rows": self.rows, "keys": self.keys, "sum": self._sum,
+                "count": self._count}
+
+    @classmethod
+    def from_state(cls, state: dict, device) -> TermHistory:
+        history = cls(1)
+        history.every, history.steps, history.rows, history.keys = (state["every"], list(state["steps"]),
+                                                                    [list(r) for r in state["rows"]],
+                                                                    list(state["keys"]))
+        history._sum = None if state["sum"] is None else state["sum"].to(device)
+        history._count = state["count"]
+        return history
+
+    def to_dict(self) -> dict:
+        return {"every": self.every, "steps": self.steps,
+                "terms": {k: [round(row[i], 5) for row in self.rows] for i, k in enumerate(self.keys)}}
+
+
 # -- the loop's position ---------------------------------------------------------------------------------------------
 @dataclass
 class Position:
@@ -220,11 +263,11 @@ class Position:
     step: int = 0  # global step
     order: torch.Tensor | None = None  # the current epoch's sample order (None between epochs)
     sums: torch.Tensor | None = None  # running sums of [total, *terms] over the current epoch
-    keys: list[str] = field(default_factory=list)  # the term names of ``sums``
+    keys: list[Term] = field(default_factory=list)  # the terms of ``sums`` after the total
     epochs: list[dict[str, Any]] = field(default_factory=list)  # per-epoch history (the record's ``epochs``)
     train_seconds: float = 0.0
     resumed: list[dict[str, Any]] = field(default_factory=list)  # where each resume started (record: timing)
-    history: Any = None  # the record's term history (discbench.results.TermHistory)
+    history: TermHistory | None = None  # the record's term history
     critics: set[str] = field(default_factory=set)  # MI critic implementations that ran (record: runtime)
 
     def end_epoch(self, record: dict[str, Any]) -> None:
@@ -242,7 +285,8 @@ def snapshot(cfg, seed: int, pos: Position, system: nn.Module, optimizer, schedu
     return {
         "format": FORMAT, "schema": SCHEMA, "config_hash": cfg.hash, "seed": seed, "label": cfg.label,
         "epoch": pos.epoch, "epoch_step": pos.epoch_step, "step": pos.step, "order": cpu(pos.order),
-        "sums": cpu(pos.sums), "keys": list(pos.keys), "epochs": pos.epochs, "train_seconds": pos.train_seconds,
+        "sums": cpu(pos.sums), "keys": [t.to_dict() for t in pos.keys], "epochs": pos.epochs,
+        "train_seconds": pos.train_seconds,
         "resumed": pos.resumed, "history": pos.history.state() if pos.history is not None else None,
         "critics": sorted(pos.critics), "system": system.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "rng": rng_state(generator), "saved_at": time.time(),
@@ -260,7 +304,7 @@ def restore(state: dict[str, Any], system: nn.Module, optimizer, scheduler, gene
         return None if t is None else t.to(device)
 
     pos = Position(epoch=state["epoch"], epoch_step=state["epoch_step"], step=state["step"],
-                   order=to(state["order"]), sums=to(state["sums"]), keys=list(state["keys"]),
+                   order=to(state["order"]), sums=to(state["sums"]), keys=[Term.from_dict(t) for t in state["keys"]],
                    epochs=list(state["epochs"]),
                    train_seconds=state["train_seconds"], resumed=list(state["resumed"]),
                    history=TermHistory.from_state(state["history"], device) if state.get("history") else None,

@@ -1,7 +1,7 @@
 """Claims: at most one process trains a (configuration, seed) at a time, and a failed seed says why.
 
 Beside a seed's future record, in ``<results>/<dataset>/<budget>/<protocol>/``, the files of one seed share the
-label-free stem ``<request hash>__seed<k>`` (``seed_files``):
+label-free stem ``<request hash>__seed<k>`` (``discbench.records.seed_files``):
 
 - ``.claim``: JSON ``{host, pid, started, heartbeat, token, job}`` written by the process that trains the seed and
   refreshed by a heartbeat thread. Claims are created, taken over and released under an exclusive ``flock`` on
@@ -25,39 +25,15 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from discbench.atomic import atomic_write_text
 from discbench.errors import DiscbenchError
-from discbench.results import atomic_write_text, record_path
+from discbench.records import SeedFiles
 
 DEFAULT_STALE_AFTER = 600.0  # seconds without a heartbeat before another host takes a claim over
 LOCK_NAME = ".claims.lock"
-
-
-@dataclass(frozen=True)
-class SeedFiles:
-    """The side files of one (configuration, seed)."""
-
-    stem: Path
-
-    @property
-    def claim(self) -> Path:
-        return self.stem.with_name(self.stem.name + ".claim")
-
-    @property
-    def failed(self) -> Path:
-        return self.stem.with_name(self.stem.name + ".failed")
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.stem.with_name(self.stem.name + ".ckpt")
-
-
-def seed_files(results_dir: Path, cfg, seed: int) -> SeedFiles:
-    folder = record_path(results_dir, cfg, seed).parent
-    return SeedFiles(folder / f"{cfg.request_hash}__seed{seed}")
 
 
 def job_id() -> str | None:

@@ -1,8 +1,10 @@
-"""The ``discbench`` command line: run, sweep, leaderboard, publish, check-records, bench, list, validate,
-train-teacher, teacher.
+"""The ``discbench`` command line: run, sweep, leaderboard, publish, check-records, status, bench, list, validate,
+train-teacher, teacher, config.
 
-Every command imports what it needs inside its own body: ``discbench --help``, ``list budgets``, ``list suites``,
-``leaderboard`` (without ``--suite``) and ``validate --help`` never import torch, torchvision or a plugin.
+A command parses its options, builds what the library needs (a configuration, a ``discbench.runner.Workspace``) and
+calls one library function; it holds no logic of its own. Every command imports what it needs inside its own body:
+``discbench --help``, ``list budgets``, ``list suites``, ``leaderboard`` and ``validate --help`` never import torch,
+torchvision or a plugin.
 """
 
 from __future__ import annotations
@@ -13,19 +15,25 @@ from pathlib import Path
 import click
 
 from discbench.errors import DiscbenchError
-from discbench.results import DEFAULT_RESULTS_DIR  # torch-free: reading records needs neither torch nor plugins
+from discbench.records import DEFAULT_RESULTS_DIR, PUBLISHED_RESULTS  # torch-free
 
-config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                             help="bench.toml to use (default: $DISCBENCH_CONFIG, ./bench.toml, the repository's).")
+PUBLISHED = Path("results") / "LEADERBOARD.md"
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    help="A project bench.toml laid over discbench's defaults (default: $DISCBENCH_CONFIG, else ./bench.toml).")
 results_option = click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
                               default=DEFAULT_RESULTS_DIR, show_default=True, help="Where run records live.")
 results_dirs_option = click.option(
-    "--results-dir", "results_dirs", multiple=True, default=[str(DEFAULT_RESULTS_DIR)], show_default=True,
-    help="Where run records live; repeatable, and globs ('runs/*') are expanded: records of every directory merge "
-         "(a run found twice is counted once; with different numbers it is flagged and left out).")
+    "--results-dir", "results_dirs", multiple=True, default=None,
+    help=f"Where run records live (default: {DEFAULT_RESULTS_DIR}; {PUBLISHED_RESULTS} for the published "
+         f"leaderboard); repeatable, and globs ('runs/*') are expanded: records of every directory merge (a run found "
+         f"twice is counted once; with different numbers it is flagged and left out).")
 teacher_store_option = click.option(
     "--teacher-store", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Teacher store (default: $DISCBENCH_TEACHERS, else ~/.cache/discbench/teachers).")
+sets_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                           help="Override a resolved value, e.g. --set recipe.lr=0.05 --set loss.dim=64 (repeatable).")
 data_options = [
     click.option("--data-dir", default=None, help="Dataset root (default: $DISCBENCH_DATA; Fashion-MNIST: "
                                                   "/usr/share/datasets/fashion-mnist)."),
@@ -34,8 +42,6 @@ data_options = [
     click.option("--force", is_flag=True, help="Rerun seeds whose record already exists."),
     click.option("--quiet", is_flag=True, help="No progress bars."),
 ]
-
-
 resilience_options = [
     click.option("--checkpoint-every", default=0, show_default=True, type=click.IntRange(min=0), metavar="STEPS",
                  help="Also checkpoint every STEPS steps (checkpoints are written at every epoch end)."),
@@ -43,13 +49,6 @@ resilience_options = [
     click.option("--stale-after", default=600.0, show_default=True, type=click.FloatRange(min=0.0), metavar="SECONDS",
                  help="A claim whose heartbeat is older than this is taken over (a dead host)."),
 ]
-
-
-def run_options(checkpoint_every, keep_checkpoints, stale_after, keep_going=False):
-    from discbench.train import RunOptions
-
-    return RunOptions(checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, stale_after=stale_after,
-                      keep_going=keep_going)
 
 
 def with_options(options):
@@ -61,6 +60,18 @@ def with_options(options):
     return decorate
 
 
+def workspace_spec(config_path, results_dir, teacher_store, data_dir, download, device, force, quiet,
+                   checkpoint_every=0, keep_checkpoints=False, stale_after=600.0):
+    """The workspace the common options describe (``discbench.runner.WorkspaceSpec``)."""
+    from discbench.runner import RunOptions, WorkspaceSpec
+
+    options = RunOptions(checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+                         stale_after=stale_after, force=force, progress=not quiet)
+    return WorkspaceSpec(config_path=config_path, results_dir=str(results_dir),
+                         teacher_store=str(teacher_store) if teacher_store else None, data_dir=data_dir,
+                         download=download, device=device, options=options)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="discbench")
 def cli() -> None:
@@ -68,17 +79,18 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--loss", required=True, help="A registered loss or a bench.toml baseline (discbench list losses).")
+@click.option("--loss", required=True, help="A method: a registered loss or a baseline (discbench list losses).")
 @click.option("--backbone", default="resnet18", show_default=True)
 @click.option("--dataset", default="fashion-mnist", show_default=True)
-@click.option("--budget", default="smoke", show_default=True, help="Recipe in bench.toml: smoke, paper, ...")
+@click.option("--budget", default="smoke", show_default=True, help="Recipe: smoke, zoo, paper, ... (discbench list "
+                                                                       "budgets).")
 @click.option("--protocol", default="self", show_default=True, help="self, online or offline (discbench list "
                                                                         "protocols).")
 @click.option("--peer", default=None, help="online: the second network's backbone (default: the same as --backbone).")
 @click.option("--teacher", default=None, help="offline: the teacher's backbone, from the teacher store.")
-@click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1), help="Runs seeds 0..N-1.")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override a resolved value, e.g. --set recipe.lr=0.05 --set loss.dim=64 (repeatable).")
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1, max=10_000),
+              help="Runs seeds 0..N-1.")
+@sets_option
 @click.option("--label", default=None, help="Row label in leaderboards (default: the loss and the overrides).")
 @results_option
 @config_option
@@ -94,8 +106,7 @@ def run(loss, backbone, dataset, budget, protocol, peer, teacher, seeds, overrid
     from discbench.checkpoint import stop_on_signals
     from discbench.config import Bench
     from discbench.distributed import Distributed
-    from discbench.teachers import TeacherStore
-    from discbench.train import DataCache, pick_device, run_seeds
+    from discbench.runner import run_seeds
 
     bench = Bench.load(config_path)
     cfg = bench.resolve(loss, backbone, dataset, budget, protocol, overrides, label,
@@ -103,15 +114,15 @@ def run(loss, backbone, dataset, budget, protocol, peer, teacher, seeds, overrid
     dist = Distributed.from_env()
     try:
         dist.local_batch(cfg.recipe.batch_size)
-        dev = pick_device(dist.device(device))
+        spec = workspace_spec(config_path, results_dir, teacher_store, data_dir, download, device, force, quiet,
+                              checkpoint_every, keep_checkpoints, stale_after)
+        ws = spec.open(dist, bench).with_options(progress=not quiet and dist.is_main)
         if dist.is_main:
             world = f" | {dist.world_size} processes" if dist.enabled else ""
             click.echo(f"{cfg.label} | {backbone} | {dataset} | {budget} | {protocol} | config {cfg.request_hash} | "
-                       f"{dev}{world}", err=True)
+                       f"{ws.device}{world}", err=True)
         with stop_on_signals():
-            run_seeds(cfg, range(seeds), results_dir, dev, force=force, progress=not quiet and dist.is_main,
-                      data=DataCache(data_dir, download), bench=bench, teachers=TeacherStore(teacher_store),
-                      options=run_options(checkpoint_every, keep_checkpoints, stale_after), dist=dist)
+            run_seeds(ws, cfg, range(seeds))
     finally:
         dist.close()
 
@@ -119,7 +130,8 @@ def run(loss, backbone, dataset, budget, protocol, peer, teacher, seeds, overrid
 @cli.command()
 @click.option("--suite", required=True, help="A suite of bench.toml (discbench list suites).")
 @click.option("--budget", default=None, help="Recipe to use instead of the suite's.")
-@click.option("--seeds", default=None, type=click.IntRange(min=1), help="Seeds per row instead of the suite's.")
+@click.option("--seeds", default=None, type=click.IntRange(min=1, max=10_000), help="Seeds per row instead of the "
+                                                                                    "suite's.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the suite's tables to this file.")
 @click.option("--launcher", type=click.Choice(["inline", "local", "slurm"]), default="inline", show_default=True,
@@ -151,82 +163,41 @@ def sweep(suite, budget, seeds, out, launcher, workers, partition, time_limit, g
     An offline suite first trains (and stores) every teacher it names that the teacher store lacks. Seeds another
     process is training are skipped; a failed seed leaves a failure record (discbench status) and the others go on.
     """
-    from discbench.checkpoint import stop_on_signals
+    from discbench import suites
     from discbench.config import Bench
-    from discbench.contract import preflight
-    from discbench.leaderboard import render_suite
     from discbench.records import load as load_records
-    from discbench.registry import PROTOCOLS
-    from discbench.results import find_record
-    from discbench.teachers import TeacherStore
-    from discbench.train import DataCache, SeedsFailed, pick_device, run_seeds, train_teachers
+    from discbench.reporting.markdown import render_suite
+    from discbench.runner import sweep as run_sweep
 
     bench = Bench.load(config_path)
-    s = bench.suite(suite)
-    configs = bench.suite_configs(s, budget)
+    s = suites.load(bench, suite)
+    configs = suites.configs(bench, s, budget)
     n_seeds = seeds or s.seeds
-    options = run_options(checkpoint_every, keep_checkpoints, stale_after, keep_going=True)
+    slurm = {"partition": partition, "time": time_limit, "gpus_per_task": gpus_per_task,
+             "cpus_per_task": cpus_per_task, "mem": mem, "account": account, "array_parallelism": array_parallelism}
+    given = [f"--{k.replace('_', '-')}" for k, v in slurm.items() if v is not None]
+    if given and launcher != "slurm":
+        raise DiscbenchError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --launcher slurm only")
+    if workers > 1 and launcher != "local":
+        raise DiscbenchError("--workers applies to --launcher local only")
     executor = None
     if launcher != "inline":
         from discbench.launch import make_executor, slurm_parameters
 
-        slurm = slurm_parameters(bench.data.get("launcher", {}).get("slurm", {}), {
-            "partition": partition, "time": time_limit, "gpus_per_task": gpus_per_task, "cpus_per_task":
-            cpus_per_task, "mem": mem, "account": account, "array_parallelism": array_parallelism,
-        }) if launcher == "slurm" else None
-        executor = make_executor(launcher, jobs_dir or results_dir / ".jobs", slurm)
-    dev = pick_device(device)
-    data = DataCache(data_dir, download)
-    teachers = TeacherStore(teacher_store)
-    needs_teacher = PROTOCOLS.get(s.protocol).needs_teacher
-    # Every row's plugin is checked before anything trains (teachers included): a broken plugin in the last row
-    # stops the sweep now, not hours later. An offline row is checked against a random teacher of the same backbone
-    # here, and against its real teacher again before its first seed.
-    checked = set()
-    for cfg in configs:
-        if cfg.request_hash not in checked and (needs_teacher or force or any(
-                find_record(results_dir, cfg, seed) is None for seed in range(n_seeds))):
-            preflight(cfg)
-        checked.add(cfg.request_hash)
-    if needs_teacher:
-        wanted = {(c.protocol.teacher, c.dataset.name, c.protocol.teacher_budget or c.budget, c.protocol.teacher_seed)
-                  for c in configs}
-        for backbone, dataset, teacher_budget, seed in sorted(wanted):
-            train_teachers(bench, backbone, dataset, teacher_budget, [seed], teachers, results_dir, dev,
-                           progress=not quiet, data=data, options=options)
-    if executor is not None:
-        from discbench.launch import SeedJob, submit
-
-        jobs = [SeedJob(cfg, seed, str(results_dir), config_path, str(teacher_store) if teacher_store else None,
-                        data_dir, download, device, force, options)
-                for cfg in configs for seed in range(n_seeds)
-                if force or find_record(results_dir, cfg, seed) is None]
-        handles = submit(executor, jobs, launcher, workers)
-        if launcher == "slurm":
-            click.echo(f"submitted {len(handles)} jobs to Slurm (array {handles[0].job_id.split('_')[0]}) "
-                       f"; follow them with: discbench status --suite {suite} --results-dir {results_dir}"
-                       if handles else "nothing to submit: every seed has a record", err=True)
-            return
-        failed = []
-        for job, handle in zip(jobs, handles, strict=True):
-            try:
-                handle.result()
-            except Exception as exc:
-                reason = next((line for line in reversed(str(exc).splitlines()) if line.strip()), repr(exc))
-                failed.append(f"{job.cfg.label} | {job.cfg.backbone} | seed {job.seed}: {reason.strip()}")
-        for line in failed:
-            click.echo(f"failed {line}", err=True)
-    else:
-        failed = []
-        with stop_on_signals():
-            for i, cfg in enumerate(configs, 1):
-                click.echo(f"[{i}/{len(configs)}] {cfg.label} | {cfg.backbone} | {cfg.dataset.name} | {cfg.budget} | "
-                           f"config {cfg.request_hash}", err=True)
-                try:
-                    run_seeds(cfg, range(n_seeds), results_dir, dev, force=force, progress=not quiet, data=data,
-                              bench=bench, teachers=teachers, options=options)
-                except SeedsFailed as exc:
-                    failed.extend([cfg.label] * exc.count)
+        params = slurm_parameters(bench.data.get("launcher", {}).get("slurm", {}), slurm) \
+            if launcher == "slurm" else None
+        executor = make_executor(launcher, jobs_dir or results_dir / ".jobs", params)
+    ws = workspace_spec(config_path, results_dir, teacher_store, data_dir, download, device, force, quiet,
+                        checkpoint_every, keep_checkpoints, stale_after).open(bench=bench)
+    outcome = run_sweep(ws, s, configs, n_seeds, launcher, executor, workers)
+    if outcome.submitted is not None:
+        handles = outcome.submitted
+        click.echo(f"submitted {len(handles)} jobs to Slurm (array {handles[0].job_id.split('_')[0]}); follow them "
+                   f"with: discbench status --suite {suite} --results-dir {results_dir}"
+                   if handles else "nothing to submit: every seed has a record", err=True)
+        return
+    for line in outcome.failed:
+        click.echo(f"failed {line}", err=True)
     try:
         text = render_suite(s, configs, n_seeds, load_records(results_dir, echo=_note))
     except DiscbenchError as exc:  # no seed has a record yet (others are running, or every one failed)
@@ -236,14 +207,9 @@ def sweep(suite, budget, seeds, out, launcher, workers, partition, time_limit, g
         _write_text(out, text)
     if text:
         click.echo(text)
-    if failed:
-        raise DiscbenchError(f"{len(failed)} seed(s) failed; 'discbench status --suite {suite} --results-dir "
-                             f"{results_dir}' shows why, and the next sweep retries them")
-
-
-PUBLISHED = Path("results") / "LEADERBOARD.md"
-PUBLISHED_SUITES = ("demo", "table5-smoke", "table6-smoke", "table7a-smoke", "table7b-smoke", "table1-smoke",
-                    "table3-smoke", "zoo-smoke", "zoo-smoke-online", "zoo-smoke-offline")
+    if outcome.failed:
+        raise DiscbenchError(f"{len(outcome.failed)} seed(s) failed; 'discbench status --suite {suite} "
+                             f"--results-dir {results_dir}' shows why, and the next sweep retries them")
 
 
 @cli.command()
@@ -252,45 +218,56 @@ PUBLISHED_SUITES = ("demo", "table5-smoke", "table6-smoke", "table7a-smoke", "ta
 @click.option("--suite", "suites", multiple=True, help="Render these suites' tables (their rows, labels and order) "
                                                        "instead of every record; repeatable.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the tables to this file (e.g. results/LEADERBOARD.md); by default nothing is written.")
+              help="Also write the tables to this file; by default nothing is written.")
 @click.option("--figures", is_flag=True, help="Add a Figures section (MUSE Figs. 2/3 per MI+SI/MI×SI row, accuracy "
                                               "against step time per table) and draw the figures into figures/ "
                                               "beside --out (PNG and SVG).")
-@click.option("--check", is_flag=True, help=f"Write nothing; exit 1 with a diff when the committed tables (--out, "
-                                            f"default {PUBLISHED}; with no --suite: the published suites) are stale.")
+@click.option("--published", is_flag=True, help=f"The published leaderboard: the suites of bench.toml's [publish] "
+                                                f"from {PUBLISHED_RESULTS}, with figures, written to {PUBLISHED} "
+                                                f"(figures beside it).")
+@click.option("--check", is_flag=True, help=f"Write nothing; exit 1 with a diff when {PUBLISHED} is not what the "
+                                            f"published leaderboard renders to (with --out FILE and --suite: that "
+                                            f"file and those suites).")
 @config_option
-def leaderboard(results_dirs, budget, suites, out, figures, check, config_path):
+def leaderboard(results_dirs, budget, suites, out, figures, published, check, config_path):
     """Render records under --results-dir as markdown tables (all of them, or --suite's) on stdout, and into --out.
 
     Without --suite the tables come from the records alone (no plugin, no torch); --suite resolves the suites'
-    configurations to find their records. With --check nothing is written: the rendering is compared with the
-    committed file."""
-    from discbench.site import render_markdown
+    configurations to find their records. --published renders the published leaderboard; --check compares it with
+    the committed file and writes nothing."""
+    from discbench.config import Bench
+    from discbench.reporting.markdown import leaderboard as render
 
-    if check:
-        suites = suites or PUBLISHED_SUITES
-        target = out or PUBLISHED
+    if published or (check and not suites):
+        suites = suites or Bench.load(config_path).published_suites()
+        results_dirs = results_dirs or (str(PUBLISHED_RESULTS),)
+        out, figures = out or PUBLISHED, True
+    results_dirs = results_dirs or (str(DEFAULT_RESULTS_DIR),)
     draw_into = Path(out).parent / "figures" if figures and out and not check else None
-    text = render_markdown(results_dirs, suites, budget, config_path, echo=_note, figures=figures,
-                           draw_into=draw_into)
+    text = render(results_dirs, suites, budget, config_path, echo=_note, figures=figures, draw_into=draw_into)
     if check:
-        sys.exit(_check_stale(Path(target), text + "\n"))
+        sys.exit(_check_stale(Path(out or PUBLISHED), text + "\n"))
     if out:
         _write_text(out, text)
-    click.echo(text)
+    if not published:
+        click.echo(text)
 
 
 def _check_stale(path: Path, text: str) -> int:
     """0 when ``path`` holds exactly ``text``; else a unified diff on stdout and 1."""
     import difflib
 
-    old = path.read_text() if path.is_file() else ""
+    if not path.is_file():
+        click.echo(f"{path} does not exist: write it with 'discbench leaderboard --published' (or --out {path})",
+                   err=True)
+        return 1
+    old = path.read_text(encoding="utf-8", errors="replace")
     if old == text:
         click.echo(f"{path} is up to date", err=True)
         return 0
     click.echo("".join(difflib.unified_diff(old.splitlines(keepends=True), text.splitlines(keepends=True),
                                             f"{path} (committed)", f"{path} (rendered from the records)")))
-    click.echo(f"{path} is stale: re-render it with 'discbench leaderboard ... --out {path}' and commit it", err=True)
+    click.echo(f"{path} is stale: re-render it with 'discbench leaderboard --published' and commit it", err=True)
     return 1
 
 
@@ -300,13 +277,19 @@ def _check_stale(path: Path, text: str) -> int:
               help="Site directory: LEADERBOARD.md, index.html, figures/ and records/ are written there.")
 @click.option("--suite", "suites", multiple=True, help="Publish these suites' tables (default: every record).")
 @click.option("--budget", default=None, help="Only records of this budget (with --suite: the suites' budget).")
+@click.option("--published", is_flag=True, help=f"The published leaderboard's suites, from {PUBLISHED_RESULTS}.")
 @config_option
-def publish(results_dirs, out_dir, suites, budget, config_path):
+def publish(results_dirs, out_dir, suites, budget, published, config_path):
     """Write a static site from the records: LEADERBOARD.md, index.html (sortable, filterable, each cell linked to
     its run records), figures/ (PNG and SVG) and records/ (the run records behind the cells)."""
-    from discbench.site import publish as write_site
+    from discbench.config import Bench
+    from discbench.reporting.html import publish as write_site
 
-    for path in write_site(results_dirs, out_dir, suites, budget, config_path, echo=_note):
+    if published:
+        suites = suites or Bench.load(config_path).published_suites()
+        results_dirs = results_dirs or (str(PUBLISHED_RESULTS),)
+    for path in write_site(results_dirs or (str(DEFAULT_RESULTS_DIR),), out_dir, suites, budget, config_path,
+                           echo=_note):
         click.echo(f"wrote {path}", err=True)
 
 
@@ -332,19 +315,21 @@ def check_records(directories, clean):
 @cli.command()
 @click.option("--suite", required=True, help="A suite of bench.toml (discbench list suites).")
 @click.option("--budget", default=None, help="Recipe to use instead of the suite's.")
-@click.option("--seeds", default=None, type=click.IntRange(min=1), help="Seeds per row instead of the suite's.")
+@click.option("--seeds", default=None, type=click.IntRange(min=1, max=10_000), help="Seeds per row instead of the "
+                                                                                    "suite's.")
 @click.option("--stale-after", default=600.0, show_default=True, type=click.FloatRange(min=0.0), metavar="SECONDS",
               help="A claim whose heartbeat is older than this counts as stale (pending).")
 @results_option
 @config_option
 def status(suite, budget, seeds, stale_after, results_dir, config_path):
     """Every (row, backbone, dataset, seed) of a suite: done, running (where), failed (why) or pending."""
+    from discbench import suites
     from discbench.config import Bench
     from discbench.status import suite_status
 
     bench = Bench.load(config_path)
-    s = bench.suite(suite)
-    rows = suite_status(bench.suite_configs(s, budget), seeds or s.seeds, results_dir, stale_after)
+    s = suites.load(bench, suite)
+    rows = suite_status(suites.configs(bench, s, budget), seeds or s.seeds, results_dir, stale_after)
     for row in rows:
         click.echo(f"{row.state:<8} {row.label} | {row.backbone} | {row.dataset} | seed {row.seed}"
                    + (f": {row.detail}" if row.detail else ""))
@@ -367,16 +352,16 @@ def status(suite, budget, seeds, stale_after, results_dir, config_path):
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available).")
 @click.option("--autocast", default="bf16", show_default=True, type=click.Choice(["bf16", "off"]),
               help="bf16: run under CUDA bf16 autocast, the path training takes; off: fp32. CPU runs never autocast.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results") / "bench" /
-              "critic.json", show_default=True, help="Where to write the table as JSON with machine information.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table as JSON with machine information to this file.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def bench(modes, impls, batches, sides, dim, repeats, warmup, threads, device, autocast, out, quiet):
     """Time and peak memory of the MI critic, alone and in the full MUSE loss, per implementation."""
     import torch
 
+    from discbench import critic_bench as measure
     from discbench.kernels import available_impls
-    from discbench.kernels import bench as measure
-    from discbench.train import pick_device
+    from discbench.runner import pick_device
 
     dev = pick_device(device)
     if threads:
@@ -396,8 +381,9 @@ def bench(modes, impls, batches, sides, dim, repeats, warmup, threads, device, a
     rows = measure.run(modes, impls, batches, [s * s for s in sides], dim, dev, repeats, warmup, progress, autocast)
     settings = {"modes": modes, "impls": impls, "batches": batches, "sides": sides, "dim": dim, "repeats": repeats,
                 "warmup": warmup, "threads": torch.get_num_threads(), "autocast": autocast}
-    measure.write_json(out, rows, settings, dev)
-    click.echo(f"wrote {out}", err=True)
+    if out:
+        measure.write_json(out, rows, settings, dev)
+        click.echo(f"wrote {out}", err=True)
     click.echo(measure.render(rows))
 
 
@@ -417,34 +403,45 @@ def _int_list(text: str, option: str) -> list[int]:
 def list_(what, config_path):
     """Show registered names and where each comes from."""
     from discbench.config import Bench
-    from discbench.registry import DATASETS, LOSSES, PROTOCOLS
 
     bench = Bench.load(config_path)
     rows: list[tuple[str, str]]
     if what == "losses":
-        rows = [(card.name, card.describe()) for card in _builtin_cards_if_alone()] or [
-            (name, _describe_loss(name, origin)) for name, origin in LOSSES.origins().items()]
-        rows += [(name, f"baseline in {bench.path}: " + "; ".join(
-                     f"{protocol}: {', '.join(sets) or 'protocol defaults'}" for protocol, sets in per.items()))
-                 for name, per in bench.baselines().items()]
+        rows = _loss_rows(bench)
     elif what == "backbones":  # declared numbers (a test checks them): listing imports no torch
         from discbench.backbone_catalog import REFERENCE_INPUT, listing
 
         click.echo(f"parameters and modules (channels@reduction) for {REFERENCE_INPUT}")
         rows = listing()
     elif what == "protocols":
-        rows = [(name, f"{origin}; second network: --{PROTOCOLS.get(name).partner}" if PROTOCOLS.get(name).partner
-                 else origin) for name, origin in PROTOCOLS.origins().items()]
+        from discbench.catalog import protocol_rows
+
+        rows = protocol_rows()
     elif what == "datasets":
-        loaders = DATASETS.origins()
-        layouts = {name: table.get("layout", "?") for name, table in bench.data["datasets"].items()}
-        rows = [(name, f"{bench.path}; loader '{layout}', {loaders.get(layout, 'unknown')}")
-                for name, layout in sorted(layouts.items())]
+        rows = [(name, f"loader '{table.get('layout', '?')}', {table.get('channels')}x{table.get('image_size')}^2, "
+                       f"{table.get('num_classes')} classes")
+                for name, table in sorted(bench.data["datasets"].items())]
     else:
-        rows = [(name, str(bench.path)) for name in bench.names("recipes" if what == "budgets" else "suites")]
+        rows = [(name, bench.describe()) for name in bench.names("recipes" if what == "budgets" else "suites")]
     width = max((len(n) for n, _ in rows), default=0)
     for name, origin in rows:
         click.echo(f"{name:<{width}}  {origin}")
+
+
+def _loss_rows(bench) -> list[tuple[str, str]]:
+    """Every method: the losses (described from their cards, without importing torch for the built-ins alone), then
+    the baselines with what defines them under each protocol they are defined for."""
+    from discbench.catalog import loss_cards
+
+    rows = [(card.name, card.describe()) for card in loss_cards()]
+    for name in bench.method_names():
+        method = bench.method(name) if name not in dict(rows) else None
+        if method is None or method.plugin:
+            continue
+        per = "; ".join(f"{p}: {', '.join(method.overrides(p)) or 'protocol defaults'}" for p in method.protocols)
+        rows.append((name, f"baseline ({bench.describe()}): " + (f"{method.description}; " if method.description
+                                                                else "") + per))
+    return rows
 
 
 @cli.command()
@@ -515,25 +512,23 @@ def _validate_backbone(name, datasets, config_path):
 @click.option("--backbone", required=True, help="The teacher's backbone (discbench list backbones).")
 @click.option("--dataset", default="fashion-mnist", show_default=True)
 @click.option("--budget", default="smoke", show_default=True, help="Recipe (its offline-protocol variant is used).")
-@click.option("--seeds", default=None, type=click.IntRange(min=1), help="Train seeds 0..N-1.")
+@click.option("--seeds", default=None, type=click.IntRange(min=1, max=10_000), help="Train seeds 0..N-1.")
 @click.option("--seed", default=None, type=click.IntRange(min=0), help="Train this one seed (default 0).")
+@sets_option
 @results_option
 @config_option
 @teacher_store_option
 @with_options(data_options)
-def train_teacher(backbone, dataset, budget, seeds, seed, results_dir, config_path, teacher_store, data_dir, download,
-                  device, force, quiet):
+def train_teacher(backbone, dataset, budget, seeds, seed, overrides, results_dir, config_path, teacher_store,
+                  data_dir, download, device, force, quiet):
     """Train a plain network and store it as a teacher (weights, sha256, config, test top-1) for offline runs."""
-    from discbench.config import Bench
-    from discbench.teachers import TeacherStore
-    from discbench.train import DataCache, pick_device, train_teachers
+    from discbench.runner import train_teachers
 
     if seeds is not None and seed is not None:
         raise DiscbenchError("give --seeds N (seeds 0..N-1) or --seed K, not both")
     chosen = range(seeds) if seeds is not None else [seed or 0]
-    store = TeacherStore(teacher_store)
-    train_teachers(Bench.load(config_path), backbone, dataset, budget, chosen, store, results_dir,
-                   pick_device(device), force=force, progress=not quiet, data=DataCache(data_dir, download))
+    ws = workspace_spec(config_path, results_dir, teacher_store, data_dir, download, device, force, quiet).open()
+    train_teachers(ws, backbone, dataset, budget, chosen, tuple(overrides))
 
 
 @cli.group()
@@ -579,28 +574,50 @@ def teacher_import(checkpoint, backbone, dataset, seed, force, config_path, teac
     click.echo(f"stored {path}")
 
 
-def _describe_loss(name: str, origin: str) -> str:
-    """A row of ``list losses``: origin, protocols and hyper-parameters, or ``ERROR: ...`` for a broken plugin (the
-    other rows are listed all the same)."""
-    from discbench.catalog import LossCard
-    from discbench.registry import LOSSES
-
-    problem = LOSSES.problem(name)
-    if problem:
-        return f"{origin}; ERROR: {problem}"
-    return LossCard.of(LOSSES.get(name), origin).describe()
+@cli.group()
+def config() -> None:
+    """The configuration: discbench's defaults with your project's bench.toml laid over them."""
 
 
-def _builtin_cards_if_alone() -> list:
-    """The built-in losses' cards from their index, without importing torch; empty when a third-party plugin is
-    installed (its classes must be imported to be described, and to check its name against the built-ins) or when
-    the index is stale."""
-    from discbench.catalog import builtin_cards
-    from discbench.registry import entry_points
+@config.command(name="show")
+@click.option("--loss", default=None, help="Show the resolved configuration of this method's run (as 'run' would).")
+@click.option("--backbone", default="resnet18", show_default=True)
+@click.option("--dataset", default="fashion-mnist", show_default=True)
+@click.option("--budget", default="smoke", show_default=True)
+@click.option("--protocol", default="self", show_default=True)
+@click.option("--peer", default=None)
+@click.option("--teacher", default=None)
+@sets_option
+@config_option
+def config_show(loss, backbone, dataset, budget, protocol, peer, teacher, overrides, config_path):
+    """Without --loss: the merged configuration (every table, and the files it comes from). With --loss: the
+    resolved configuration of that run, section by section, and its hash."""
+    from discbench.config import Bench
+    from discbench.tomlout import dumps
 
-    if entry_points("discbench.losses"):
-        return []
-    return builtin_cards() or []
+    bench = Bench.load(config_path)
+    click.echo(f"# {bench.describe()}: " + ", ".join(str(p) for p in bench.layers))
+    if loss is None:
+        click.echo(dumps(bench.data))
+        return
+    cfg = bench.resolve(loss, backbone, dataset, budget, protocol, overrides,
+                        partner={"peer": peer, "teacher": teacher})
+    payload = cfg.to_dict()
+    click.echo(f"# {cfg.label} | {backbone} | {dataset} | {budget} | {protocol} | config {cfg.request_hash}")
+    click.echo(dumps({k: payload[k] for k in ("dataset", "recipe", "protocol", "loss", "runtime")}))
+
+
+@config.command(name="init")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench.toml"))
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+def config_init(path, force):
+    """Write a starting bench.toml (PATH, default ./bench.toml) to edit: every value it sets is laid over
+    discbench's defaults; 'discbench config show' prints the result."""
+    from discbench.tomlout import STARTER
+
+    if path.exists() and not force:
+        raise DiscbenchError(f"{path} exists; edit it, or pass --force to replace it")
+    _write_text(path, STARTER.rstrip("\n"))
 
 
 def _note(line: str) -> None:
@@ -608,9 +625,12 @@ def _note(line: str) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from discbench.results import atomic_write_text
+    from discbench.atomic import atomic_write_text
 
-    atomic_write_text(path, text + "\n")
+    try:
+        atomic_write_text(path, text + "\n")
+    except OSError as exc:
+        raise DiscbenchError(f"cannot write {path}: {exc.strerror or exc}") from None
     click.echo(f"wrote {path}", err=True)
 
 

@@ -1,31 +1,36 @@
 """bench.toml -> frozen, type-checked, hashed run configurations.
 
-A run resolves five sections: ``dataset``, ``recipe`` (the budget, with per-dataset overrides), ``protocol``,
-``loss`` (``beta`` plus the plugin's hyper-parameters) and ``runtime``. ``--set section.key=value`` overrides one
-resolved value; values are parsed as TOML literals and checked against the field's type. The resolved configuration
-(without its label) is hashed; the hash and the seed name the run.
+Configuration comes in layers: discbench's defaults (``discbench/bench.toml``, shipped with the package: datasets,
+recipes, protocols, methods, suites), then a project's own ``bench.toml`` (``--config PATH``, else
+``$DISCBENCH_CONFIG``, else ``./bench.toml``), whose tables extend or override the defaults key by key (``merge``).
+
+A run resolves five sections: ``dataset``, ``recipe`` (the budget, with per-dataset and per-protocol overrides),
+``protocol``, ``loss`` (``beta`` plus the plugin's hyper-parameters) and ``runtime``. The *method* a row names (a
+registered loss, or a baseline without one) contributes the settings that define it under the run's protocol
+(``[methods.<name>]``); ``--set section.key=value`` overrides any resolved value, parsed as a TOML literal and checked
+against the field's type and range. The resolved configuration (without its label) is hashed; the hash and the seed
+name the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
 import tomllib
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from discbench.errors import DiscbenchError
-from discbench.ranges import FINITE, Range, within
+from discbench.ranges import Range, within
 from discbench.registry import BACKBONES, LOSSES, PROTOCOLS, unknown_name_message
+from discbench.typed import build, check_ranges, coerce, out_of_range, type_of_default, unknown_key_message
 
 SECTIONS = ("dataset", "recipe", "protocol", "loss", "runtime")
+DEFAULTS = Path(__file__).with_name("bench.toml")  # discbench's defaults, package data
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,8 @@ class RecipeConfig:
     def problems(self) -> list[tuple[str, Any, str]]:
         """Constraints between fields: (key, value, what is wrong)."""
         m = self.milestones
-        if any(b <= a for a, b in zip(m, m[1:], strict=False)) or (m and m[-1] >= self.epochs):
-            return [("milestones", list(m), f"must be strictly increasing epochs below epochs ({self.epochs})")]
+        if any(b <= a for a, b in zip(m, m[1:], strict=False)):
+            return [("milestones", list(m), "must be strictly increasing epochs")]
         return []
 
 
@@ -90,6 +95,11 @@ class LossConfig:
     version: int
     beta: float
     hparams: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """Base of every protocol's ``Config`` (the frozen dataclass of ``[protocols.<name>]``): a run's ``protocol``."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +127,7 @@ class RunConfig:
     budget: str
     dataset: DatasetConfig
     recipe: RecipeConfig
-    protocol: Any  # the protocol's own frozen Config dataclass
+    protocol: ProtocolConfig
     loss: LossConfig
     runtime: RuntimeConfig
     teacher: TeacherRef | None = None  # resolved from the teacher store for protocols that need one
@@ -157,99 +167,6 @@ class RunConfig:
         return PROTOCOLS.get(self.protocol_name).is_baseline(self)
 
 
-# -- typed construction ----------------------------------------------------------------------------------------------
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the type ``tp`` (int, float, bool, str, tuple[X, ...]); ints widen to floats."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return coerce(value, arg, where)
-            except DiscbenchError:
-                pass
-        raise DiscbenchError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin is tuple:
-        (item, _ellipsis) = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise DiscbenchError(f"{where}: expected a list of {_type_name(item)}, got {value!r}")
-        return tuple(coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is type(None):
-        if value is None:
-            return None
-        raise DiscbenchError(f"{where}: expected none, got {value!r}")
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float) and isinstance(value, bool):
-        raise DiscbenchError(f"{where}: expected {tp.__name__}, got {value!r}")
-    if not isinstance(value, tp):
-        raise DiscbenchError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    return value
-
-
-def unknown_key_message(where: str, key: str, valid: Sequence[str]) -> str:
-    """``recipe 'smoke': unknown key 'epoch' (did you mean 'epochs'?); valid keys: ...`` (one line)."""
-    close = difflib.get_close_matches(key, valid, n=2, cutoff=0.5)
-    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-    return f"{where}: unknown key '{key}'{hint}; valid keys: {', '.join(valid)}"
-
-
-def out_of_range(where: str, key: str, value: Any, problem: str, section: str | None) -> DiscbenchError:
-    """``recipe 'smoke': epochs = 0 must be >= 1; fix it in bench.toml or with --set recipe.epochs=...``"""
-    fix = f"; fix it in the configuration file or with --set {section}.{key}=..." if section else ""
-    shown = list(value) if isinstance(value, tuple) else value
-    return DiscbenchError(f"{where}: {key} = {shown!r} {problem}{fix}")
-
-
-def check_ranges(values: Mapping[str, Any], ranges: Mapping[str, Range], where: str, section: str | None) -> None:
-    """Every value within its declared range; every float finite (``FINITE``) even without one."""
-    for key, value in values.items():
-        problem = ranges.get(key, FINITE).problem(value)
-        if problem:
-            raise out_of_range(where, key, value, problem, section)
-
-
-def build(cls: type, table: Mapping[str, Any], where: str, section: str | None = None, **fixed: Any) -> Any:
-    """Instantiate the frozen dataclass ``cls`` from ``table``: unknown, missing, mistyped or out-of-range keys
-    (ranges in the fields' metadata, constraints between fields in ``cls.problems``) are one-line errors."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
-    unknown = sorted(set(table) - set(names))
-    if unknown:
-        raise DiscbenchError(unknown_key_message(where, unknown[0], names))
-    missing = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.name not in table
-        and f.name not in fixed
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise DiscbenchError(f"{where}: missing key '{missing[0]}'")
-    values = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in table.items()}
-    check_ranges(values, {f.name: f.metadata["range"] for f in dataclasses.fields(cls) if "range" in f.metadata},
-                 where, section)
-    obj = cls(**values, **fixed)
-    for key, value, problem in getattr(obj, "problems", list)():
-        raise out_of_range(where, key, value, problem, section)
-    return obj
-
-
-def type_of_default(default: Any) -> Any:
-    """The type a hyper-parameter's default implies: ``0.1`` -> float, ``(1, 2)`` -> tuple[int, ...], None -> Any."""
-    if default is None:
-        return Any
-    if isinstance(default, tuple) and default:
-        return tuple[type(default[0]), ...]
-    return type(default)
-
-
 def parse_override(item: str) -> tuple[str, str, Any]:
     """``"recipe.lr=0.05"`` -> ``("recipe", "lr", 0.05)``; values are TOML literals, bare words are strings."""
     if "=" not in item:
@@ -265,89 +182,198 @@ def parse_override(item: str) -> tuple[str, str, Any]:
     return section, name, value
 
 
-# -- bench.toml ------------------------------------------------------------------------------------------------------
-def default_bench_path() -> Path:
-    """``$DISCBENCH_CONFIG``, else ``./bench.toml``, else the repository's bench.toml."""
+def override(section: str, key: str, value: Any) -> str:
+    """The ``--set`` form of one value: ``override("protocol", "exits", False)`` -> ``protocol.exits=false``."""
+    return f"{section}.{key}={json.dumps(value)}"
+
+
+# -- the layers ------------------------------------------------------------------------------------------------------
+def project_path(path: Path | str | None = None) -> Path | None:
+    """The project's configuration file: ``path`` (``--config``), else ``$DISCBENCH_CONFIG``, else ``./bench.toml``
+    when it exists; None when there is none (the defaults alone)."""
+    if path:
+        return Path(path)
     env = os.environ.get("DISCBENCH_CONFIG")
     if env:
         return Path(env)
     here = Path("bench.toml")
-    return here if here.is_file() else Path(__file__).resolve().parents[1] / "bench.toml"
+    return here if here.is_file() else None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML table in ``path``; a missing, unreadable, non-UTF-8 or invalid file is one line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DiscbenchError(f"configuration file {path} not found; pass --config PATH to an existing file, or "
+                             f"'discbench config init' to write one") from None
+    except IsADirectoryError:
+        raise DiscbenchError(f"configuration file {path} is a directory; pass --config PATH to a file") from None
+    except UnicodeDecodeError as exc:
+        raise DiscbenchError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise DiscbenchError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise DiscbenchError(f"{path} is not valid TOML: {exc}") from None
+
+
+def merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` laid over ``base``: tables merge key by key (recursively), any other value (arrays included) in ``top``
+    replaces ``base``'s."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+# -- methods ---------------------------------------------------------------------------------------------------------
+METHOD_KEYS = ("plugin", "description", "protocols", *SECTIONS)
 
 
 @dataclass(frozen=True)
-class SuiteRow:
-    loss: str
-    label: str
-    overrides: tuple[str, ...]
-
-
-SUITE_LAYOUTS = ("modules", "compression")
-
-
-@dataclass(frozen=True)
-class Suite:
-    """A table of bench.toml: rows (losses or baselines) x datasets x backbones, under one protocol.
-
-    ``partners`` (two-network protocols) pairs each backbone with a second network, position by position: the peer
-    (online) or the teacher (offline); empty for self-distillation.
-    """
+class Method:
+    """What a row name means: a registered loss (``plugin``) or a baseline without one (``plugin == ""``), and the
+    settings that define it under each protocol it is defined for (bench.toml ``[methods.<name>]``: sections common
+    to every protocol, then ``protocols.<protocol>`` sections)."""
 
     name: str
-    protocol: str
-    datasets: tuple[str, ...]
-    backbones: tuple[str, ...]
-    seeds: int = field(metadata=within(ge=1))
-    budget: str
-    rows: tuple[SuiteRow, ...]
-    partners: tuple[str, ...] = ()
-    layout: str = "modules"  # how the leaderboard renders it: "modules" (Tables 1/6/7) or "compression" (Table 3)
+    plugin: str
+    description: str
+    common: Mapping[str, Mapping[str, Any]]
+    per_protocol: Mapping[str, Mapping[str, Mapping[str, Any]]]
+    protocols: tuple[str, ...]
 
-    def columns(self) -> list[tuple[str, str | None]]:
-        """(backbone, partner) per column; partner None for one-network protocols."""
-        if not self.partners:
-            return [(b, None) for b in self.backbones]
-        return list(zip(self.backbones, self.partners, strict=True))
+    def settings(self, protocol: str) -> dict[str, dict[str, Any]]:
+        """Section -> key -> value that define the method under ``protocol``."""
+        out: dict[str, dict[str, Any]] = {s: dict(self.common.get(s, {})) for s in SECTIONS}
+        for section, values in self.per_protocol.get(protocol, {}).items():
+            out[section].update(values)
+        return out
+
+    def overrides(self, protocol: str) -> tuple[str, ...]:
+        """``settings`` as ``--set`` strings (for listings)."""
+        return tuple(override(s, k, v) for s, values in self.settings(protocol).items() for k, v in values.items())
+
+
+def _sections(table: Mapping[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """The run sections of a method table (``{"protocol": {...}, "loss": {...}}``), each checked to be a table."""
+    out = {}
+    for section in SECTIONS:
+        values = table.get(section, {})
+        if not isinstance(values, Mapping):
+            raise DiscbenchError(f"{where}: '{section}' must be a table of keys, e.g. {section}.KEY = VALUE")
+        out[section] = dict(values)
+    return out
 
 
 class Bench:
-    """The parsed bench.toml; ``resolve`` turns names and overrides into a ``RunConfig``."""
+    """The merged configuration; ``resolve`` turns names and overrides into a ``RunConfig``.
 
-    def __init__(self, data: Mapping[str, Any], path: Path | str = "bench.toml"):
-        self.path = Path(path)
+    Args:
+        data: the merged tables.
+        layers: the files they came from, defaults first.
+    """
+
+    def __init__(self, data: Mapping[str, Any], layers: Sequence[Path] = ()):
         self.data = data
+        self.layers = tuple(Path(p) for p in layers) or (DEFAULTS,)
         for section in ("datasets", "recipes", "protocols", "runtime"):
             if not isinstance(data.get(section), dict):
-                raise DiscbenchError(f"{self.path}: missing table [{section}]")
+                raise DiscbenchError(f"{self.describe()}: missing table [{section}]")
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> Bench:
-        path = Path(path) if path else default_bench_path()
-        if not path.is_file():
-            raise DiscbenchError(f"configuration file {path} not found; pass --config PATH or run from the repository")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise DiscbenchError(f"{path} is not valid TOML: {exc}") from exc
-        return cls(data, path)
+        """The defaults, with the project's file (``project_path(path)``) laid over them."""
+        if not DEFAULTS.is_file():
+            raise DiscbenchError(f"discbench's default configuration {DEFAULTS} is missing; reinstall discbench")
+        layers = [DEFAULTS]
+        project = project_path(path)
+        if project is not None and not _same_file(project, DEFAULTS):
+            layers.append(project)
+        data: dict[str, Any] = {}
+        for layer in layers:
+            data = merge(data, read_toml(layer))
+        return cls(data, layers)
+
+    @property
+    def path(self) -> Path:
+        """The project's file (the top layer), or the defaults when there is none."""
+        return self.layers[-1]
+
+    @property
+    def project(self) -> Path | None:
+        """The project's file laid over the defaults, or None."""
+        return self.layers[-1] if len(self.layers) > 1 else None
+
+    def describe(self) -> str:
+        """``discbench defaults + ./bench.toml`` (where the merged values come from), for messages."""
+        return "discbench defaults" + (f" + {self.project}" if self.project else "")
 
     # -- names ----------------------------------------------------------------------------------------------------
     def names(self, section: str) -> list[str]:
         return sorted(self.data.get(section, {}))
-
-    def baselines(self) -> dict[str, dict[str, tuple[str, ...]]]:
-        """Baseline rows: name -> protocol -> the overrides that define the row under that protocol."""
-        out = {}
-        for name, table in self.data.get("baselines", {}).items():
-            out[name] = {protocol: tuple(f"{k}={json.dumps(v)}" for k, v in sets.items())
-                         for protocol, sets in table.items()}
-        return out
 
     def _table(self, section: str, name: str, kind: str) -> dict[str, Any]:
         tables = self.data.get(section, {})
         if name not in tables:
             raise DiscbenchError(unknown_name_message(kind, name, tables))
         return dict(tables[name])
+
+    def published_suites(self) -> tuple[str, ...]:
+        """The suites of the published leaderboard (``[publish] suites``)."""
+        return tuple(self.data.get("publish", {}).get("suites", ()))
+
+    # -- methods --------------------------------------------------------------------------------------------------
+    def method_names(self) -> list[str]:
+        """Every method: the baselines (tables of ``[methods]`` without a plugin, in file order), then the loss methods
+        (registered losses, and tables that name a ``plugin``) by name."""
+        tables = self.data.get("methods", {})
+        baselines = [n for n, t in tables.items() if n not in LOSSES and not t.get("plugin")]
+        return baselines + sorted({*LOSSES.names(), *(n for n in tables if n not in baselines)})
+
+    def method(self, name: str) -> Method:
+        """The method ``name``: its table in ``[methods]`` (optional for a registered loss) resolved against the
+        registries. A loss method is defined for every protocol its plugin supports; a baseline for the protocols
+        its table lists."""
+        table = self.data.get("methods", {}).get(name)
+        where = f"method '{name}'"
+        if table is None:
+            if name not in LOSSES:
+                raise DiscbenchError(unknown_name_message("loss", name, self.method_names()))
+            table = {}
+        unknown = sorted(set(table) - set(METHOD_KEYS))
+        if unknown:
+            raise DiscbenchError(unknown_key_message(where, unknown[0], METHOD_KEYS))
+        plugin = table.get("plugin", name if name in LOSSES else "")
+        per_protocol = table.get("protocols", {})
+        if not isinstance(per_protocol, Mapping):
+            raise DiscbenchError(f"{where}: 'protocols' must be a table of protocol names")
+        for protocol in per_protocol:
+            PROTOCOLS.get(protocol)  # unknown protocol -> did-you-mean error
+        if plugin:
+            supported = LOSSES.get(plugin).protocols
+            protocols = tuple(p for p in PROTOCOLS.names() if supported is None or p in supported)
+        else:
+            protocols = tuple(per_protocol)
+            if not protocols:
+                raise DiscbenchError(f"{where} has no plugin and no protocols table: name a registered loss with "
+                                     f"plugin = \"...\", or define it per protocol under [methods.{name}.protocols]")
+        return Method(name=name, plugin=plugin, description=str(table.get("description", "")),
+                      common=_sections(table, where),
+                      per_protocol={p: _sections(s, f"{where}, protocol '{p}'") for p, s in per_protocol.items()},
+                      protocols=protocols)
 
     # -- resolution -----------------------------------------------------------------------------------------------
     def resolve(
@@ -362,37 +388,38 @@ class Bench:
         partner: Mapping[str, str] | None = None,
         recipe_protocol: str | None = None,
     ) -> RunConfig:
-        """The frozen configuration of one run.
+        """The frozen configuration of one run of the method ``loss``.
 
-        The recipe is the budget's table, then its ``datasets.<dataset>`` overrides, then its ``protocols.<protocol>``
-        overrides (of ``recipe_protocol`` when given: a teacher is trained with the offline students' recipe).
-
-        ``partner`` names the second network of a two-network protocol, as ``{"peer": NAME}`` (online) or
-        ``{"teacher": NAME}`` (offline): the command line's ``--peer`` and ``--teacher``, a suite's ``partners``.
+        Settings are laid in this order, each over the one before: the method's definition under ``protocol``, then
+        ``overrides`` (a suite row's ``set``, then the command line's ``--set``), then ``partner``, the second network
+        of a two-network protocol as ``{"peer": NAME}`` (online) or ``{"teacher": NAME}`` (offline): the command
+        line's ``--peer`` and ``--teacher``, a suite's ``partners``. The recipe is the budget's table, then its
+        ``datasets.<dataset>`` overrides, then its ``protocols.<protocol>`` overrides (of ``recipe_protocol`` when
+        given: a teacher is trained with the offline students' recipe).
         """
-        baselines = self.baselines()
         proto_cls = PROTOCOLS.get(protocol)
-        if loss in baselines:
-            if loss in LOSSES:
-                raise DiscbenchError(f"'{loss}' is both a baseline in {self.path} and a registered loss; rename one")
-            if protocol not in baselines[loss]:
-                defined = [n for n, per in baselines.items() if protocol in per]
-                raise DiscbenchError(f"baseline '{loss}' is not defined for protocol '{protocol}' in {self.path}; "
-                                     f"baselines of '{protocol}': {', '.join(defined) or 'none'}")
-            loss_name, base_sets = "", baselines[loss][protocol]
-        elif loss in LOSSES:
-            loss_name, base_sets = loss, ()
-            supported = LOSSES.get(loss).protocols
-            if protocol not in supported:
-                raise DiscbenchError(f"loss '{loss}' is not defined for protocol '{protocol}'; it supports: "
-                                     f"{', '.join(sorted(supported))}")
-        else:
-            raise DiscbenchError(unknown_name_message("loss", loss, [*LOSSES.names(), *baselines]))
+        method = self.method(loss)
+        if protocol not in method.protocols:
+            raise DiscbenchError(f"'{loss}' is not defined for protocol '{protocol}'; it is defined for: "
+                                 f"{', '.join(method.protocols)}")
         BACKBONES.get(backbone)  # unknown backbone -> did-you-mean error
+        sets = self._settings(method, protocol, overrides, partner, proto_cls)
+        dataset_cfg = self._dataset(dataset, sets["dataset"])
+        recipe = self._recipe(budget, dataset, recipe_protocol or protocol, sets["recipe"])
+        protocol_cfg = self._protocol(proto_cls, sets["protocol"], backbone)
+        runtime = build(RuntimeConfig, {**self.data["runtime"], **sets["runtime"]}, "runtime", "runtime")
+        loss_cfg = self._loss(method.plugin, sets["loss"])
+        if label is None:
+            label = loss + (f" [{', '.join(overrides)}]" if overrides else "")
+        return RunConfig(label=label, protocol_name=protocol, backbone=backbone, budget=budget, dataset=dataset_cfg,
+                         recipe=recipe, protocol=protocol_cfg, loss=loss_cfg, runtime=runtime)
 
-        parsed = [parse_override(o) for o in (*base_sets, *overrides)]
-        sets: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-        for section, key, value in parsed:
+    @staticmethod
+    def _settings(method: Method, protocol: str, overrides: Sequence[str], partner: Mapping[str, str] | None,
+                  proto_cls: Any) -> dict[str, dict[str, Any]]:
+        """Section -> key -> value: the method's definition, the overrides and the partner, in that order."""
+        sets = method.settings(protocol)
+        for section, key, value in (parse_override(o) for o in overrides):
             sets[section][key] = value
         for key, name in (partner or {}).items():
             if not name:
@@ -401,69 +428,54 @@ class Bench:
                 takes = f"takes --{proto_cls.partner}" if proto_cls.partner else "trains one network"
                 raise DiscbenchError(f"--{key} does not apply to protocol '{protocol}', which {takes}")
             sets["protocol"][key] = name
+        return sets
 
-        ds_table = self._table("datasets", dataset, "dataset")
-        ds = build(DatasetConfig, {**ds_table, **sets["dataset"]}, f"dataset '{dataset}'", "dataset", name=dataset)
+    def _dataset(self, name: str, sets: Mapping[str, Any]) -> DatasetConfig:
+        table = self._table("datasets", name, "dataset")
+        return build(DatasetConfig, {**table, **sets}, f"dataset '{name}'", "dataset", name=name)
 
-        recipe_table = self._table("recipes", budget, "budget")
-        per_dataset = recipe_table.pop("datasets", {})
-        per_protocol = recipe_table.pop("protocols", {})
-        recipe = build(
-            RecipeConfig,
-            {**recipe_table, **per_dataset.get(dataset, {}), **per_protocol.get(recipe_protocol or protocol, {}),
-             **sets["recipe"]},
-            f"recipe '{budget}'",
-            "recipe",
-        )
+    def _recipe(self, budget: str, dataset: str, protocol: str, sets: Mapping[str, Any]) -> RecipeConfig:
+        """The budget's recipe for ``dataset`` under ``protocol``. Milestones at or past the last epoch never fire in
+        a step schedule; they are dropped, so that shortening a run (``--set recipe.epochs=1``) needs no other edit
+        and two spellings of one schedule are one configuration."""
+        table = self._table("recipes", budget, "budget")
+        per_dataset = table.pop("datasets", {})
+        per_protocol = table.pop("protocols", {})
+        values = {**table, **per_dataset.get(dataset, {}), **per_protocol.get(protocol, {}), **sets}
+        epochs, milestones = values.get("epochs"), values.get("milestones")
+        if isinstance(epochs, int) and isinstance(milestones, list) and all(isinstance(m, int) for m in milestones):
+            values["milestones"] = [m for m in milestones if m < epochs]
+        return build(RecipeConfig, values, f"recipe '{budget}'", "recipe")
 
-        proto_table = self.data["protocols"].get(protocol, {})
-        proto = build(proto_cls.Config, {**proto_table, **sets["protocol"]}, f"protocol '{protocol}'", "protocol")
-        proto = self._resolve_partner(proto_cls, proto, backbone)
-
-        runtime = build(RuntimeConfig, {**self.data["runtime"], **sets["runtime"]}, "runtime", "runtime")
-        loss_cfg = self._resolve_loss(loss_name, sets["loss"])
-
-        if label is None:
-            label = loss + (f" [{', '.join(overrides)}]" if overrides else "")
-        return RunConfig(
-            label=label,
-            protocol_name=protocol,
-            backbone=backbone,
-            budget=budget,
-            dataset=ds,
-            recipe=recipe,
-            protocol=proto,
-            loss=loss_cfg,
-            runtime=runtime,
-        )
-
-    @staticmethod
-    def _resolve_partner(proto_cls: Any, proto: Any, backbone: str) -> Any:
-        """The second network of a two-network protocol: a registered backbone; an omitted peer is the run's own
-        backbone (two identical networks), an omitted teacher is an error."""
+    def _protocol(self, proto_cls: Any, sets: Mapping[str, Any], backbone: str) -> ProtocolConfig:
+        """The protocol's configuration; the second network of a two-network protocol is a registered backbone (an
+        omitted peer is the run's own backbone, an omitted teacher is an error)."""
+        table = self.data["protocols"].get(proto_cls.name, {})
+        config = build(proto_cls.Config, {**table, **sets}, f"protocol '{proto_cls.name}'", "protocol")
         key = proto_cls.partner
         if key is None:
-            return proto
-        name = getattr(proto, key)
+            return config
+        name = getattr(config, key)
         if not name:
             if key != "peer":
                 raise DiscbenchError(f"protocol '{proto_cls.name}' needs a {key}: pass --{key} BACKBONE "
                                      f"(discbench teacher list)")
-            return dataclasses.replace(proto, **{key: backbone})
+            return dataclasses.replace(config, **{key: backbone})
         if name not in BACKBONES:
             raise DiscbenchError(unknown_name_message(f"--{key} backbone", name, BACKBONES.names()))
-        return proto
+        return config
 
-    def _resolve_loss(self, name: str, sets: Mapping[str, Any]) -> LossConfig:
+    @staticmethod
+    def _loss(name: str, sets: Mapping[str, Any]) -> LossConfig:
+        """The plugin's weight and hyper-parameters: its defaults, then ``sets``, each typed and range-checked."""
         if not name:
             if sets:
                 raise DiscbenchError(f"--set loss.{next(iter(sets))}: this row has no discrepancy to configure")
             return LossConfig(name="", version=0, beta=0.0)
         cls = LOSSES.get(name)
         defaults = {"beta": 1.0, **cls.hparams()}
-        table = {**self.data.get("losses", {}).get(name, {}), **sets}
         values = {}
-        for key, value in table.items():
+        for key, value in sets.items():
             if key not in defaults:
                 raise DiscbenchError(unknown_key_message(f"loss '{name}'", key, list(defaults)))
             values[key] = coerce(value, type_of_default(defaults[key]), f"loss '{name}'.{key}")
@@ -473,42 +485,3 @@ class Bench:
             raise out_of_range(f"loss '{name}'", key, value, problem, "loss")
         beta = merged.pop("beta")
         return LossConfig(name=name, version=cls.version, beta=beta, hparams=dict(sorted(merged.items())))
-
-    # -- suites ---------------------------------------------------------------------------------------------------
-    def suite(self, name: str) -> Suite:
-        """The suite ``name``; ``extends = "other"`` starts from another suite's table (e.g. its rows) and overrides
-        the keys it sets (datasets, backbones, budget...)."""
-        table = self._table("suites", name, "suite")
-        where = f"suite '{name}'"
-        seen = [name]
-        while "extends" in table:
-            parent = table.pop("extends")
-            if parent in seen:
-                raise DiscbenchError(f"{where}: 'extends' goes round in a circle: {' -> '.join([*seen, parent])}")
-            seen.append(parent)
-            table = {**self._table("suites", parent, "suite"), **table}
-        rows = []
-        for i, row in enumerate(table.pop("rows", [])):
-            unknown = set(row) - {"loss", "label", "set"}
-            if unknown or "loss" not in row:
-                raise DiscbenchError(f"{where}: row {i} needs 'loss', may have 'label' and 'set'; got {sorted(row)}")
-            sets = tuple(f"{k}={json.dumps(v)}" for k, v in row.get("set", {}).items())
-            rows.append(SuiteRow(loss=row["loss"], label=row.get("label", row["loss"]), overrides=sets))
-        if not rows:
-            raise DiscbenchError(f"{where}: no rows")
-        suite = build(Suite, table, where, name=name, rows=tuple(rows))
-        if suite.layout not in SUITE_LAYOUTS:
-            raise DiscbenchError(f"{where}: unknown layout '{suite.layout}'; valid: {', '.join(SUITE_LAYOUTS)}")
-        key = PROTOCOLS.get(suite.protocol).partner
-        if bool(suite.partners) != bool(key) or (key and len(suite.partners) != len(suite.backbones)):
-            need = f"one partner ({key}) per backbone" if key else "no partners"
-            raise DiscbenchError(f"{where}: protocol '{suite.protocol}' needs {need}; got partners = "
-                                 f"{list(suite.partners)} for backbones = {list(suite.backbones)}")
-        return suite
-
-    def suite_configs(self, suite: Suite, budget: str | None = None) -> list[RunConfig]:
-        """Every (dataset, backbone, row) configuration of ``suite``, under ``budget`` or the suite's own."""
-        key = PROTOCOLS.get(suite.protocol).partner
-        return [self.resolve(row.loss, backbone, dataset, budget or suite.budget, suite.protocol, row.overrides,
-                             row.label, partner={key: partner} if partner else None)
-                for dataset in suite.datasets for backbone, partner in suite.columns() for row in suite.rows]

@@ -8,10 +8,10 @@ class DiscbenchError(Exception):
 class NonFiniteLossError(DiscbenchError):
     """A loss term became NaN or infinite during training."""
 
-    def __init__(self, term: str, step: int, epoch: int, value: float):
+    def __init__(self, term, step: int, epoch: int, value: float):
+        """``term``: the ``discbench.keys.Term`` that is not finite."""
         self.term, self.step, self.epoch, self.value = term, step, epoch, value
-        name, _, module = term.partition("@")
-        where = f"term '{name}' of module {module}" if module else f"term '{name}'"
+        where = f"term '{term.name}'" + (f" of {term.place}" if term.place else "")
         super().__init__(
             f"non-finite loss: {where} is {value} at epoch {epoch}, step {step}; "
             f"lower the learning rate or the term's weight (--set ...), or check the plugin"

@@ -4,7 +4,7 @@
 (no scheduler of our own): ``local`` runs them as subprocesses of this machine (``submitit.LocalExecutor``), at most
 ``--workers`` at a time, and waits for them; ``slurm`` submits one Slurm job array (``submitit.SlurmExecutor``,
 ``--array-parallelism`` tasks at a time) and returns, ``discbench status`` showing progress. Each job is a
-``SeedJob``: ``discbench.train.run_seeds`` on one seed, so claims, checkpoints and failure records work exactly as
+``SeedJob``: ``discbench.runner.run_seeds`` on one seed, so claims, checkpoints and failure records work exactly as
 in ``discbench run``. When the cluster announces a timeout or preemption (submitit's signal, USR2), the job writes
 a checkpoint at the next step and hands over to submitit's checkpoint/requeue hook (``SeedJob.checkpoint``), whose
 requeued job resumes from that checkpoint. SIGTERM writes a checkpoint and fails the job (a later sweep resumes it).
@@ -16,7 +16,6 @@ Slurm resources come from the ``[launcher.slurm]`` table of bench.toml (any ``su
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import signal
 import sys
@@ -50,32 +49,21 @@ def slurm_minutes(value: Any) -> int:
 
 @dataclass(frozen=True)
 class SeedJob:
-    """One (configuration, seed) for a submitit executor; pickled, then called in the job's own process."""
+    """One (configuration, seed) of a workspace for a submitit executor; pickled, then called in the job's own
+    process, which rebuilds the workspace from its spec (``discbench.runner.WorkspaceSpec``)."""
 
+    spec: Any  # WorkspaceSpec
     cfg: Any  # RunConfig
     seed: int
-    results_dir: str
-    config_path: str | None
-    teacher_store: str | None
-    data_dir: str | None
-    download: bool
-    device: str | None
-    force: bool
-    options: Any  # RunOptions
 
     def __call__(self) -> str | None:
         from discbench.checkpoint import Preempted, stop_on_signals
-        from discbench.config import Bench
-        from discbench.teachers import TeacherStore
-        from discbench.train import DataCache, pick_device, run_seeds
+        from discbench.runner import run_seeds
 
-        signals = (signal.SIGTERM, signal.SIGUSR2)
+        ws = self.spec.open().with_options(keep_going=False, progress=False)  # the job raises its seed's own error
         try:
-            with stop_on_signals(signals):
-                written = run_seeds(self.cfg, [self.seed], Path(self.results_dir), pick_device(self.device),
-                                    force=self.force, progress=False, data=DataCache(self.data_dir, self.download),
-                                    bench=Bench.load(self.config_path), teachers=TeacherStore(self.teacher_store),
-                                    options=dataclasses.replace(self.options, keep_going=False))  # its own error
+            with stop_on_signals((signal.SIGTERM, signal.SIGUSR2)):
+                written = run_seeds(ws, self.cfg, [self.seed])
         except Preempted as exc:
             print(f"error: {exc}", file=sys.stderr)
             handler = signal.getsignal(exc.signum)  # submitit's again: checkpoint() below, requeue, exit

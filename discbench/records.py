@@ -1,10 +1,15 @@
-"""The one record reader: every command that reads run records (``run`` and ``sweep`` before skipping a seed,
-``leaderboard``, ``publish``, ``check-records``) goes through ``read_record`` and ``collect``, so each check exists
-once.
+"""Run records: what a record is, where it lives, how it is written and read. The one owner of the results folder.
 
-A record is parsed (strict JSON: ``NaN`` and ``Infinity`` are refused), validated against the JSON Schema shipped
-with the package (``discbench/record.schema.json``, with the ``jsonschema`` package) and then built into a
-``RunRecord`` (which upgrades schema 1 and checks the dataclass's keys). A file that fails any step is one
+A record is one JSON file per (configuration, seed) (``RunRecord``, schema: ``discbench/record.schema.json`` and
+results/README.md), assembled from the training loop's results by ``new_record`` and written atomically by
+``write_record``. Its place: ``<results>/<dataset>/<budget>/<protocol>/<label>__<backbone>__<hash>__seed<k>.json``
+(``record_path``); beside it, the seed's side files share the label-free stem ``<request hash>__seed<k>``
+(``seed_files``: claim, failure record, checkpoints).
+
+Every command that reads records (``run`` and ``sweep`` before skipping a seed, ``leaderboard``, ``publish``,
+``check-records``, ``status``) goes through ``read_record`` and ``collect``, so each check exists once. A record is
+parsed (strict JSON: ``NaN`` and ``Infinity`` are refused), validated against the JSON Schema, then built into a
+``RunRecord`` (which upgrades older schemas and checks the dataclass's keys). A file that fails any step is one
 ``Problem`` line and is left out; nothing here raises a traceback for a bad file.
 
 ``collect`` merges several results directories (or globs). A run id (configuration hash, seed) is counted once:
@@ -14,31 +19,307 @@ with the package (``discbench/record.schema.json``, with the ``jsonschema`` pack
 - the same run id with different numbers (two machines that ran the same configuration and seed) is a *conflict*:
   both are left out and flagged, never averaged; which one to publish is the user's decision.
 
-Temporary files of the atomic writer (``.tmp-*.json``) that are older than ``ORPHAN_AGE_SECONDS`` come from killed
+Temporary files of the atomic writer (``.tmp-*``) that are older than ``ORPHAN_AGE_SECONDS`` come from killed
 writers (a record is written in milliseconds); readers that may write (``run``, ``sweep``, ``check-records
 --clean``) remove them, ``leaderboard`` only reports them.
+
+Reading records imports neither torch nor any plugin.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import math
 import os
+import re
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from glob import glob
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from discbench.atomic import TMP_PREFIX, atomic_write_text
 from discbench.errors import DiscbenchError
-from discbench.results import RunRecord
+from discbench.keys import Classifier, Term, legacy_term
 
+if TYPE_CHECKING:
+    from discbench.config import RunConfig
+
+SCHEMA_VERSION = 3
 SCHEMA_PATH = Path(__file__).with_name("record.schema.json")
+DEFAULT_RESULTS_DIR = Path("runs")  # where a user's runs go by default, relative to the working directory
+PUBLISHED_RESULTS = Path("results") / "runs"  # the records behind the published leaderboard (in a clone)
+LABEL_CHARS = 120  # of the label in a record's file name (the record holds the whole label): names stay < 255 bytes
 ORPHAN_AGE_SECONDS = 600.0
-TMP_PREFIX = ".tmp-"
 
 
+# -- what a record is ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of one seed: what was configured, what every classifier scored, what it cost, and where it ran.
+
+    Written as JSON (``to_dict``) and read back with ``from_dict``, which checks the keys and upgrades records of
+    older schemas. Leaderboards read its fields; they never parse names such as ``exit4`` or ``mi@2``. The schema is
+    documented in results/README.md.
+    """
+
+    run_id: str
+    config_hash: str
+    request_hash: str
+    label: str
+    protocol: str
+    dataset: str
+    budget: str
+    backbone: str
+    partner: str | None  # the peer (online) or teacher (offline) backbone; None for one network
+    loss: dict[str, Any]  # {"name", "version", "distribution", "distribution_version", "entry_point"} (loss_source)
+    seed: int
+    baseline: bool  # trained without any distillation term, decided by the protocol from the configuration
+    classifiers: tuple[Classifier, ...]
+    final_top1: dict[str, float]  # classifier key -> top-1 (%) after the last epoch: the primary metric
+    best_top1: dict[str, dict[str, float]]
+    final_train_terms: dict[str, float]
+    epochs: list[dict[str, Any]]
+    timing: dict[str, Any]
+    cost: dict[str, Any]
+    runtime: dict[str, Any]
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+    teacher: dict[str, Any] | None = None  # offline: teacher_id, backbone, sha256, top1, source, store
+    hardware: dict[str, Any] | None = None  # CPU model and vector extensions, GPU, driver, CUDA, threads (``hardware``)
+    term_history: dict[str, Any] | None = None  # {"every", "steps", "terms": {term key: [window means]}} (train.py)
+    terms: tuple[Term, ...] = ()  # the typed name of every term key above, in the loop's order
+    schema: int = SCHEMA_VERSION
+
+    def top1(self, classifier: Classifier) -> float:
+        """Final top-1 (%) of ``classifier``."""
+        return self.final_top1[classifier.key]
+
+    def last_top1(self, network: str) -> float:
+        """Top-1 of ``network``'s own final classifier."""
+        return self.final_top1[next(c.key for c in self.classifiers if c.network == network and c.last)]
+
+    @property
+    def networks(self) -> list[str]:
+        """The evaluated networks, in the protocol's order (``net``; ``net1``, ``net2``; ``student``)."""
+        return list(dict.fromkeys(c.network for c in self.classifiers))
+
+    def history(self) -> dict[Term, list[float]]:
+        """The term history (window means over training) by typed term; empty when the record has none."""
+        keyed = (self.term_history or {}).get("terms") or {}
+        return {t: keyed[t.key] for t in self.terms if t.key in keyed}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.schema, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                          if f.name not in ("schema", "classifiers", "terms")},
+                "classifiers": [dataclasses.asdict(c) for c in self.classifiers],
+                "terms": [t.to_dict() for t in self.terms]}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "record") -> RunRecord:
+        """A record from its JSON form; records of schemas 1 and 2 are upgraded in memory."""
+        if not isinstance(data, dict) or data.get("schema") not in (1, 2, SCHEMA_VERSION):
+            raise DiscbenchError(f"{where} is not a discbench run record of schema 1, 2 or {SCHEMA_VERSION}")
+        if data["schema"] == 1:
+            data = _upgrade_v1(data)
+        if data["schema"] == 2:
+            data = _upgrade_v2(data)
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        missing = sorted(required - set(data))
+        if missing:
+            raise DiscbenchError(f"{where} lacks the key '{missing[0]}'; delete it and rerun that seed")
+        values = {k: v for k, v in data.items() if k in names}
+        values["classifiers"] = tuple(Classifier(**c) for c in data["classifiers"])
+        values["terms"] = tuple(Term.from_dict(t) for t in data["terms"])
+        return cls(**values)
+
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 -> 2: self-distillation records named classifiers ``exit<i>`` of one network and left the baseline
+    to be guessed; the configuration they carry decides it now."""
+
+    def rename(table: dict[str, Any]) -> dict[str, Any]:
+        return {f"net/{k}": v for k, v in table.items()}
+
+    exits = sorted(int(k.removeprefix("exit")) for k in data["final_top1"])
+    out = dict(data, schema=2, request_hash=data["config_hash"], partner=None, teacher=None)
+    out["baseline"] = not data["config"]["protocol"]["exits"] and not data["loss"]["name"]
+    out["classifiers"] = [{"network": "net", "backbone": data["backbone"], "exit": i, "last": i == exits[-1]}
+                          for i in exits]
+    out["final_top1"] = rename(data["final_top1"])
+    out["best_top1"] = rename(data["best_top1"])
+    out["epochs"] = [dict(e, top1=rename(e["top1"])) if "top1" in e else e for e in data["epochs"]]
+    out["cost"] = dict(data["cost"], per_exit=rename(data["cost"]["per_exit"]))
+    return out
+
+
+def _upgrade_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2 -> 3: term keys (``mi@net1.2``) get their typed names (``terms``), read from the keys once here."""
+    keys = list(dict.fromkeys([*data["final_train_terms"], *((data.get("term_history") or {}).get("terms") or {})]))
+    return dict(data, schema=SCHEMA_VERSION, terms=[legacy_term(k).to_dict() for k in keys])
+
+
+def loss_source(cfg: RunConfig) -> dict[str, Any]:
+    """The record's ``loss``: the registry name ("" for a baseline) and plugin version, the distribution (package)
+    that provided the plugin and that distribution's version (built-ins: discbench itself), and its import path
+    (``module:Class``, an entry point's value). Records written before these keys existed hold the first two only."""
+    if not cfg.loss.name:
+        return {"name": "", "version": cfg.loss.version, "distribution": None, "distribution_version": None,
+                "entry_point": None}
+    from discbench.registry import LOSSES
+
+    source = LOSSES.source(cfg.loss.name)
+    return {"name": cfg.loss.name, "version": cfg.loss.version, "distribution": source.distribution,
+            "distribution_version": source.distribution_version, "entry_point": source.entry_point}
+
+
+def new_record(cfg: RunConfig, seed: int, epochs: list[dict], classifiers: list[Classifier], terms: list[Term],
+               runtime: dict, cost: dict, timing: dict, teacher: dict | None = None,
+               term_history: dict | None = None) -> RunRecord:
+    """Assemble a run record from the training loop's results (``epochs``' terms are keyed by ``Term.key``)."""
+    from discbench.machine import hardware, provenance
+    from discbench.registry import PROTOCOLS
+
+    last_eval = next(e for e in reversed(epochs) if "top1" in e)
+    best = {}
+    for name in last_eval["top1"]:
+        top, epoch = max((e["top1"][name], e["epoch"]) for e in epochs if "top1" in e)
+        best[name] = {"top1": top, "epoch": epoch}
+    partner_key = PROTOCOLS.get(cfg.protocol_name).partner
+    return RunRecord(
+        run_id=f"{cfg.hash}-seed{seed}",
+        config_hash=cfg.hash,
+        request_hash=cfg.request_hash,
+        label=cfg.label,
+        protocol=cfg.protocol_name,
+        dataset=cfg.dataset.name,
+        budget=cfg.budget,
+        backbone=cfg.backbone,
+        partner=getattr(cfg.protocol, partner_key) if partner_key else None,
+        loss=loss_source(cfg),
+        seed=seed,
+        baseline=cfg.is_baseline,
+        classifiers=tuple(classifiers),
+        final_top1=last_eval["top1"],
+        best_top1=best,
+        final_train_terms=epochs[-1]["train_terms"],
+        epochs=epochs,
+        timing=timing,
+        cost=cost,
+        runtime=runtime,
+        config=cfg.to_dict(),
+        provenance=provenance(),
+        teacher=teacher,
+        hardware=hardware(runtime["device"]),
+        term_history=term_history,
+        terms=tuple(terms),
+    )
+
+
+# -- where records live ----------------------------------------------------------------------------------------------
+def run_folder(results_dir: Path, cfg: RunConfig) -> Path:
+    """``<dir>/<dataset>/<budget>/<protocol>``: where the records and side files of ``cfg`` live."""
+    return Path(results_dir) / cfg.dataset.name / cfg.budget / cfg.protocol_name
+
+
+def record_path(results_dir: Path, cfg: RunConfig, seed: int) -> Path:
+    """``<dir>/<dataset>/<budget>/<protocol>/<label>__<backbone>__<hash>__seed<k>.json``."""
+    label = re.sub(r"[^A-Za-z0-9_.+-]+", "-", cfg.label).strip("-")[:LABEL_CHARS].strip("-") or "run"
+    backbone = cfg.backbone.replace(":", "+")  # tv:NAME, timm:NAME: no ':' in file names (Windows, URLs)
+    name = f"{label}__{backbone}__{cfg.hash}__seed{seed}.json"
+    return run_folder(results_dir, cfg) / name
+
+
+def find_record(results_dir: Path, cfg: RunConfig, seed: int) -> Path | None:
+    """An existing record of the same configuration hash and seed, whatever its label."""
+    root = run_folder(results_dir, cfg)
+    return next(iter(sorted(root.glob(f"*__{cfg.hash}__seed{seed}.json"))), None) if root.is_dir() else None
+
+
+@dataclass(frozen=True)
+class SeedFiles:
+    """The side files of one (configuration, seed), beside its record: they share the label-free stem
+    ``<request hash>__seed<k>``."""
+
+    stem: Path
+
+    @property
+    def claim(self) -> Path:
+        """Who trains the seed (``discbench.claims``)."""
+        return self.stem.with_name(self.stem.name + ".claim")
+
+    @property
+    def failed(self) -> Path:
+        """Why its last attempt failed (``discbench.claims.write_failure``)."""
+        return self.stem.with_name(self.stem.name + ".failed")
+
+    @property
+    def checkpoint(self) -> Path:
+        """Its newest checkpoint (``discbench.checkpoint``; ``.prev`` beside it)."""
+        return self.stem.with_name(self.stem.name + ".ckpt")
+
+
+def seed_files(results_dir: Path, cfg: RunConfig, seed: int) -> SeedFiles:
+    return SeedFiles(run_folder(results_dir, cfg) / f"{cfg.request_hash}__seed{seed}")
+
+
+def check_writable(path: Path) -> None:
+    """Before training: ``path``'s directory can be created and written, and its name is not too long; a one-line
+    ``DiscbenchError`` otherwise (a probe file is written and removed)."""
+    path = Path(path)
+    limit = 255
+    with contextlib.suppress(OSError, ValueError):
+        limit = os.pathconf(next((p for p in path.parents if p.is_dir()), Path(".")), "PC_NAME_MAX")
+    if len(path.name.encode()) > limit:
+        raise DiscbenchError(f"record file name {path.name!r} is longer than {limit} bytes; shorten --label")
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX + "probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DiscbenchError(f"cannot write records to {path.parent}: {exc.strerror or exc}; pass a writable "
+                             f"--results-dir") from exc
+    finally:
+        for directory in created:  # deepest first: leave the tree as it was (the record's writer makes them again)
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+# -- writing ---------------------------------------------------------------------------------------------------------
+def strict_json(data: Any) -> str:
+    """``data`` as strict JSON (no NaN or Infinity: other readers reject them), or a one-line error naming the first
+    non-finite value."""
+    try:
+        return json.dumps(data, indent=1, allow_nan=False) + "\n"
+    except ValueError:
+        raise DiscbenchError(f"the record holds a non-finite number at {_first_non_finite(data)}; nothing was "
+                             f"written") from None
+
+
+def _first_non_finite(data: Any, where: str = "") -> str:
+    if isinstance(data, float) and not math.isfinite(data):
+        return where or "(top level)"
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    for key, value in items:
+        hit = _first_non_finite(value, f"{where}/{key}" if where else str(key))
+        if hit:
+            return hit
+    return ""
+
+
+def write_record(path: Path, record: RunRecord) -> None:
+    atomic_write_text(path, strict_json(record.to_dict()))
+
+
+# -- reading ---------------------------------------------------------------------------------------------------------
 class InvalidRecord(DiscbenchError):
     """A file that is not a valid run record; its message is one line naming the file and what is wrong."""
 
@@ -89,9 +370,9 @@ def validate_dict(data: Any) -> None:
     """Raise ``InvalidRecord`` with the first schema violation (its JSON path and message), if any."""
     if not isinstance(data, dict):
         raise InvalidRecord(f"not a JSON object but {type(data).__name__}")
-    if data.get("schema") not in (1, 2):
-        raise InvalidRecord(f"not a discbench run record of schema 1 or 2 (schema: {data.get('schema')!r}); "
-                            f"records of other schemas are left out")
+    if data.get("schema") not in (1, 2, SCHEMA_VERSION):
+        raise InvalidRecord(f"not a discbench run record of schema 1, 2 or {SCHEMA_VERSION} (schema: "
+                            f"{data.get('schema')!r}); records of other schemas are left out")
     errors = sorted(_validator().iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]

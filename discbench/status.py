@@ -7,12 +7,12 @@ checkpoint to resume from, or a stale claim that the next run takes over). Reads
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from discbench.claims import describe, read_json, seed_files, stale_reason
+from discbench.claims import describe, read_json, stale_reason
+from discbench.records import collect, seed_files
 
 
 @dataclass(frozen=True)
@@ -26,19 +26,10 @@ class SeedStatus:
 
 
 def _recorded(results_dir: Path) -> set[tuple[str, int]]:
-    """(request hash, seed) of every record under ``results_dir``, read as JSON (no schema upgrade needed)."""
-    out = set()
+    """(request hash, seed) of every valid record under ``results_dir`` (``discbench.records.collect``)."""
     if not results_dir.is_dir():
-        return out
-    for path in results_dir.rglob("*.json"):
-        if path.name.startswith(".tmp-"):
-            continue
-        try:
-            data = json.loads(path.read_text())
-            out.add((data.get("request_hash") or data["config_hash"], int(data["seed"])))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue
-    return out
+        return set()
+    return {(r.request_hash, r.seed) for r in collect([results_dir]).records}
 
 
 def suite_status(configs, seeds: int, results_dir: Path, stale_after: float) -> list[SeedStatus]:

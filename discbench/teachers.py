@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from discbench.api import Backbone
-from discbench.config import Bench, RunConfig, TeacherRef, default_bench_path
+from discbench.config import Bench, RunConfig, TeacherRef, project_path
 from discbench.errors import DiscbenchError
 from discbench.registry import BACKBONES
 
@@ -53,11 +53,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def teacher_config(bench: Bench, backbone: str, dataset: str, budget: str) -> RunConfig:
+def teacher_config(bench: Bench, backbone: str, dataset: str, budget: str,
+                   overrides: tuple[str, ...] = ()) -> RunConfig:
     """The configuration a teacher is trained with: the ``none`` baseline (one plain network) under the offline
-    students' recipe of ``budget``."""
-    return bench.resolve("none", backbone, dataset, budget, protocol="self", recipe_protocol="offline",
-                         label=f"teacher {backbone}")
+    students' recipe of ``budget``, with ``overrides`` (``train-teacher --set``)."""
+    return bench.resolve("none", backbone, dataset, budget, protocol="self", overrides=overrides,
+                         recipe_protocol="offline", label=f"teacher {backbone}")
 
 
 @dataclass
@@ -117,7 +118,9 @@ class TeacherStore:
         tcfg = teacher_config(bench, p.teacher, cfg.dataset.name, budget)
         manifest = self.manifest(f"{tcfg.hash}-seed{p.teacher_seed}")
         if manifest is None:
-            extra = "" if bench.path.resolve() == default_bench_path().resolve() else f" --config {bench.path}"
+            found = project_path()
+            extra = "" if bench.project is None or (found and found.resolve() == bench.project.resolve()) \
+                else f" --config {bench.project}"
             extra += "" if self.root == default_store() else f" --teacher-store {self.root}"
             raise DiscbenchError(f"no stored {where} in {self.root}; train it with 'discbench train-teacher "
                                  f"--backbone {p.teacher} --dataset {cfg.dataset.name} --budget {budget} --seed "

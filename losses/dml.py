@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from discbench.losses.kd import KD
-
 from discbench.api import FeatureSpec, Pairing, Range, Tap
+from discbench.losses.kd import KD
 from discbench.registry import LOSSES
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 
-from discbench.losses.muse import InfoMaxEncoder, global_codes, local_codes
 from torch import Tensor
 
 from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Range, Tap
 from discbench.kernels import nce_mi_loss
+from discbench.losses.muse import InfoMaxEncoder, global_codes, local_codes
 from discbench.registry import LOSSES
 
 

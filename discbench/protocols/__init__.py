@@ -5,7 +5,12 @@
 - ``offline`` (``offline.py``): a student and a frozen pretrained teacher (RepDistiller, MUSE Table 7(b)).
 
 The contract is ``discbench.api.Protocol``; the pieces the three share (building networks, pairing modules of two
-networks for a plugin, counting cost) are in ``base.py``. Importing this package registers the three.
+networks for a plugin, counting cost) are in ``base.py``. Importing this package imports every module in it, which
+registers each protocol with its decorator: a new protocol is one new file here.
 """
 
-from discbench.protocols import offline, online, self_distillation  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

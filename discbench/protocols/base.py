@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from discbench.api import Backbone, Classifier, Discrepancy, FeatureSpec, LossContext, Tap
 from discbench.errors import DiscbenchError
+from discbench.keys import Term
 from discbench.registry import BACKBONES, LOSSES
 
 if TYPE_CHECKING:
@@ -63,21 +64,21 @@ class PairedDiscrepancies(nn.Module):
         )
 
     def forward(self, source: tuple[Tensor, list[Tensor]], target: tuple[Tensor, list[Tensor]], ctx: LossContext,
-                network: str) -> tuple[Tensor, dict[str, Tensor]]:
-        """Sum of the plugins' losses and their terms, named ``<term>@<network>.<source module>``.
+                network: str) -> tuple[Tensor, dict[Term, Tensor]]:
+        """Sum of the plugins' losses and their terms, named by ``network`` and source module.
 
         Args:
             source, target: ``(logits, [F_1..F_T])`` of the trained network and of the target network.
             network: the trained network's name, for the term names.
         """
         total = torch.zeros((), device=source[0].device)
-        terms: dict[str, Tensor] = {}
+        terms: dict[Term, Tensor] = {}
         for plugin, (i, j) in zip(self.plugins, self.pairs, strict=True):
             s, t = (source[0], target[0]) if self.tap is Tap.LOGITS else (source[1][i - 1], target[1][j - 1])
             out = plugin(s, t, dataclasses.replace(ctx, source_module=i, target_module=j))
             total = total + out.loss
-            terms[f"{self.name}@{network}.{i}"] = out.loss
-            terms.update({f"{k}@{network}.{i}": v for k, v in out.terms.items() if k != self.name})
+            terms[Term(self.name, network, i)] = out.loss
+            terms.update({Term(k, network, i): v for k, v in out.terms.items() if k != self.name})
         return total, terms
 
 

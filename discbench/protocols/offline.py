@@ -12,6 +12,7 @@ from torch import Tensor
 from discbench.api import Backbone, Classifier, LossContext, Protocol, StepOutput, count_parameters
 from discbench.errors import DiscbenchError
 from discbench.functional import kd_divergence
+from discbench.keys import Term
 from discbench.protocols.base import (
     PairedDiscrepancies,
     build_backbone,
@@ -82,14 +83,15 @@ class OfflineDistillation(Protocol):
     def forward(self, x: Tensor, y: Tensor, ctx: LossContext) -> StepOutput:
         p = self.cfg.protocol
         student = self.student(x)
-        terms = {"ce@student": F.cross_entropy(student[0], y)}
-        total = p.ce_weight * terms["ce@student"]
+        ce = F.cross_entropy(student[0], y)
+        terms = {Term("ce", "student"): ce}
+        total = p.ce_weight * ce
         if self.uses_teacher:
             with torch.no_grad():
                 teacher = self.teacher(x)
             if p.kd_weight:
-                terms["kd@student"] = kd_divergence(student[0], teacher[0], p.kd_temperature)
-                total = total + p.kd_weight * terms["kd@student"]
+                kd = terms[Term("kd", "student")] = kd_divergence(student[0], teacher[0], p.kd_temperature)
+                total = total + p.kd_weight * kd
             if self.discrepancies is not None:
                 loss, pair_terms = self.discrepancies(student, teacher, ctx, "student")
                 total = total + self.beta * loss

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from discbench.api import Backbone, Classifier, LossContext, Protocol, StepOutput, count_parameters
 from discbench.functional import kd_divergence
+from discbench.keys import Term
 from discbench.protocols.base import PairedDiscrepancies, build_backbone, classifier_costs, network_classifier
 from discbench.ranges import within
 from discbench.registry import PROTOCOLS
@@ -71,13 +72,13 @@ class OnlineDistillation(Protocol):
         outputs = {"net1": self.net1(x), "net2": self.net2(x)}
         peer_of = {"net1": "net2", "net2": "net1"}
         total = torch.zeros((), device=x.device)
-        terms: dict[str, Tensor] = {}
+        terms: dict[Term, Tensor] = {}
         for net, (logits, _) in outputs.items():
-            terms[f"ce@{net}"] = F.cross_entropy(logits, y)
-            total = total + terms[f"ce@{net}"]
+            ce = terms[Term("ce", net)] = F.cross_entropy(logits, y)
+            total = total + ce
             if p.kd_weight:
-                terms[f"kd@{net}"] = kd_divergence(logits, outputs[peer_of[net]][0].detach(), p.kd_temperature)
-                total = total + p.kd_weight * terms[f"kd@{net}"]
+                kd = terms[Term("kd", net)] = kd_divergence(logits, outputs[peer_of[net]][0].detach(), p.kd_temperature)
+                total = total + p.kd_weight * kd
         for net, pairs in self.discrepancies.items():
             loss, pair_terms = pairs(outputs[net], outputs[peer_of[net]], ctx, net)
             total = total + self.beta * loss

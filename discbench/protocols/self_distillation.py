@@ -23,6 +23,7 @@ from discbench.api import (
 )
 from discbench.errors import DiscbenchError
 from discbench.functional import kd_divergence
+from discbench.keys import Term
 from discbench.protocols.base import build_backbone, build_discrepancy, classifier_costs
 from discbench.ranges import within
 from discbench.registry import LOSSES, PROTOCOLS
@@ -130,7 +131,7 @@ class SelfDistillation(Protocol):
         T = self.num_modules
         logits, features = self.net(x)
         ce = F.cross_entropy(logits, y)
-        terms = {f"ce@{T}": ce}
+        terms = {Term("ce", module=T): ce}
         total = ce
         exit_features, exit_logits = [], []
         for i, (branch, feature) in enumerate(zip(self.exits, features, strict=False), start=1):
@@ -139,7 +140,7 @@ class SelfDistillation(Protocol):
             exit_logits.append(logits_i)
             ce_i = F.cross_entropy(logits_i, y)
             kd_i = kd_divergence(logits_i, logits.detach(), p.kd_temperature)
-            terms[f"ce@{i}"], terms[f"kd@{i}"] = ce_i, kd_i
+            terms[Term("ce", module=i)], terms[Term("kd", module=i)] = ce_i, kd_i
             total = total + p.exit_ce_weight * ce_i + p.kd_weight * kd_i
         if self.discrepancies:
             tap = type(self.discrepancies[0]).tap
@@ -152,8 +153,8 @@ class SelfDistillation(Protocol):
             for i, (plugin, source) in enumerate(zip(self.discrepancies, sources, strict=True), start=1):
                 out = plugin(source, target, dataclasses.replace(ctx, source_module=i, target_module=T))
                 total = total + self.beta * out.loss
-                terms[f"{name}@{i}"] = out.loss
-                terms.update({f"{k}@{i}": v for k, v in out.terms.items() if k != name})
+                terms[Term(name, module=i)] = out.loss
+                terms.update({Term(k, module=i): v for k, v in out.terms.items() if k != name})
         return StepOutput(total, {k: v.detach() for k, v in terms.items()})
 
     @torch.no_grad()

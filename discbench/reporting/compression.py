@@ -21,14 +21,9 @@ from collections.abc import Iterable
 import pandas as pd
 from tabulate import tabulate
 
-from discbench.results import RunRecord
-
-
-def _mean_std(values: pd.Series) -> str:
-    values = values.dropna()
-    if len(values) > 1:
-        return f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (n={len(values)})"
-    return f"{values.mean():.2f} (n={len(values)})"
+from discbench.records import RunRecord
+from discbench.reporting.frame import exits, runs_frame, top1
+from discbench.reporting.tables import Cell
 
 
 def _millions(value: float) -> str:
@@ -38,40 +33,39 @@ def _millions(value: float) -> str:
 def compression_rows(records: Iterable[RunRecord]) -> list[dict[str, str]]:
     """One row per (backbone, method) of one-network records of one dataset, budget and protocol."""
     rows = []
-    per = [{"backbone": r.backbone, "label": r.label, "baseline": r.baseline, "seed": r.seed,
-            **{f"top1/{k}": v for k, v in r.final_top1.items()}, "top1/last": r.last_top1(r.networks[0]),
-            **{f"params/{k}": c["params"] for k, c in r.cost.get("per_exit", {}).items()},
-            **{f"flops/{k}": c["flops"] for k, c in r.cost.get("per_exit", {}).items()},
-            "last_key": next(c.key for c in r.classifiers if c.last)}
-           for r in records if r.partner is None]
-    if not per:
+    df = runs_frame([r for r in records if r.partner is None]) if any(r.partner is None for r in records) else None
+    if df is None:
         return rows
-    df = pd.DataFrame(per)
+
+    def costs(runs: pd.DataFrame, exit: int) -> tuple[float, float]:
+        """Parameters and FLOPs of exit ``exit``'s inference path, from the first run's per-exit cost."""
+        record = runs["record"].iloc[0]
+        classifier = next(c for c in record.classifiers if c.network == "net" and c.exit == exit)
+        c = record.cost["per_exit"][classifier.key]
+        return c["params"], c["flops"]
+
     for backbone, sub in df.groupby("backbone", sort=True):
         base = sub[sub["baseline"]]
         methods = sub[~sub["baseline"]]
         if base.empty:
             rows.append({"Backbone": backbone, "Method": "—", "Baseline top-1": "no baseline runs"})
             continue
-        key = base["last_key"].iloc[0]
-        base_top1 = base["top1/last"].mean()
-        base_params, base_flops = base[f"params/{key}"].iloc[0], base[f"flops/{key}"].iloc[0]
-        baseline_cells = {"Baseline top-1": _mean_std(base["top1/last"]), "Baseline params": _millions(base_params),
+        last = next(c for c in base["record"].iloc[0].classifiers if c.last)
+        base_top1 = Cell.of(base["first_last"])
+        base_params, base_flops = costs(base, last.exit)
+        baseline_cells = {"Baseline top-1": base_top1.text(), "Baseline params": _millions(base_params),
                           "Baseline FLOPs": _millions(base_flops)}
-        labels = list(dict.fromkeys(methods["label"]))
-        for label in labels:
+        for label in dict.fromkeys(methods["label"]):
             runs = methods[methods["label"] == label]
-            exits = sorted((c.removeprefix("top1/") for c in runs.columns
-                            if c.startswith("top1/net/exit") and runs[c].notna().any()),
-                           key=lambda k: int(k.removeprefix("net/exit")))
             row = {"Backbone": backbone, "Method": label, **baseline_cells}
-            beating = [k for k in exits if runs[f"top1/{k}"].mean() > base_top1]
+            cells = {i: Cell.of(top1(runs, "net", i)) for i in exits(runs)}
+            beating = [i for i, cell in cells.items() if cell.values and cell.mean > base_top1.mean]
             if not beating:
                 rows.append({**row, "Module": "no module beats the baseline"})
                 continue
             k = beating[0]
-            params, flops = runs[f"params/{k}"].iloc[0], runs[f"flops/{k}"].iloc[0]
-            rows.append({**row, "Module": k.removeprefix("net/exit"), "top-1 ↑": _mean_std(runs[f"top1/{k}"]),
+            params, flops = costs(runs, k)
+            rows.append({**row, "Module": str(k), "top-1 ↑": cells[k].text(),
                          "params ↓": _millions(params), "FLOPs ↓": _millions(flops),
                          "params ×": f"{base_params / params:.1f}×", "FLOPs ×": f"{base_flops / flops:.1f}×"})
     return rows

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from discbench.results import RunRecord
+from discbench.records import RunRecord
 
 TERMS = ("mi", "si")
 METADATA = {"svg": {"Date": None, "Creator": "discbench"}, "png": {"Software": "discbench"}}
@@ -50,13 +50,12 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
 
 
 def module_terms(record: RunRecord) -> dict[str, dict[str, list[float]]]:
-    """``{module: {"mi": [...], "si": [...]}}`` from a record's term history (modules: ``1``, ``net1.2``...)."""
-    hist = record.term_history or {}
+    """``{module: {"mi": [...], "si": [...]}}`` from a record's term history, for every module that logged both
+    (modules are named as in the legend: ``1``, ``net1.2``...)."""
     out: dict[str, dict[str, list[float]]] = defaultdict(dict)
-    for key, values in (hist.get("terms") or {}).items():
-        name, _, module = key.partition("@")
-        if name in TERMS and module:
-            out[module][name] = values
+    for term, values in record.history().items():
+        if term.name in TERMS and term.module is not None:
+            out[f"{term.network}.{term.module}" if term.network else str(term.module)][term.name] = values
     return {m: t for m, t in out.items() if set(t) == set(TERMS)}
 
 
@@ -70,8 +69,7 @@ def term_figure(records: list[RunRecord], title: str, out_dir: Path, stem: str) 
 
     plt = _pyplot()
     usable = [r for r in records if has_mi_si(r)]
-    modules = sorted(module_terms(usable[0]), key=lambda m: [int(p) if p.isdigit() else p
-                                                             for p in re.split(r"[.]", m)])
+    modules = sorted(module_terms(usable[0]), key=lambda m: [int(p) if p.isdigit() else p for p in m.split(".")])
     steps = np.array(usable[0].term_history["steps"])
     fig, axes = plt.subplots(1, len(modules), figsize=(3.2 * len(modules), 2.8), sharey=True, squeeze=False)
     for ax, module in zip(axes[0], modules, strict=True):
@@ -144,7 +142,7 @@ def plan(name: str, records: Iterable[RunRecord]) -> list[Figure]:
     """Every figure of one table (a suite, or all records): one MI/SI figure per row that recorded both terms over
     training, and one accuracy-vs-cost scatter per (dataset, budget, protocol) on its most common device. Nothing
     is drawn (and matplotlib is not imported) until a figure's ``draw`` is called."""
-    from discbench.leaderboard import records_frame
+    from discbench.reporting.frame import runs_frame
 
     records = list(records)
     out: list[Figure] = []
@@ -160,7 +158,7 @@ def plan(name: str, records: Iterable[RunRecord]) -> list[Figure]:
         out.append(Figure(caption, stem, partial(term_figure, rows, f"{label} · {pair} · {protocol}", stem=stem)))
     if not records:
         return out
-    df = records_frame(records)
+    df = runs_frame(records)
     for (dataset, budget, protocol), sub in df.groupby(["dataset", "budget", "protocol"], sort=True):
         device = sub["device"].value_counts().index[0]  # one device: step times never compare across devices
         sub = sub[sub["device"] == device]
@@ -181,7 +179,7 @@ def lacking(name: str, records: Iterable[RunRecord]) -> list[str]:
     """Rows with MI and SI terms some of whose records predate the term history: ``name: label (k of n seeds)``."""
     rows: dict[str, list[bool]] = defaultdict(list)
     for r in records:
-        if all(any(k.startswith(f"{t}@") for k in r.final_train_terms) for t in TERMS):
+        if {t.name for t in r.terms} >= set(TERMS):
             rows[r.label].append(r.term_history is None)
     return [f"{name}: {label} ({sum(old)} of {len(old)} seeds)" for label, old in sorted(rows.items()) if any(old)]
 

@@ -256,7 +256,7 @@ def _ratio(value: float | None) -> str:
 
 def machine_info(device: torch.device) -> dict:
     """Where the numbers come from: device, CPU model, cores, threads and library versions."""
-    from discbench.results import provenance
+    from discbench.machine import provenance
 
     cpu = platform.processor()
     with contextlib.suppress(OSError):
@@ -291,7 +291,7 @@ def run(modes: list[str], impls: list[str], batches: list[int], locations: list[
 
 def write_json(path: Path, rows: list[dict], settings: dict, device: torch.device) -> None:
     """The table as JSON: machine information, the settings of the run and the rows."""
-    from discbench.results import atomic_write_text
+    from discbench.atomic import atomic_write_text
 
     payload = {"machine": machine_info(device), "settings": settings, "rows": rows}
     atomic_write_text(Path(path), json.dumps(payload, indent=1) + "\n")

@@ -1,4 +1,4 @@
-"""``discbench publish``: a static site from run records, from the same code as ``discbench leaderboard``.
+"""``discbench publish``: a static site from run records, from the same tables as ``discbench leaderboard``.
 
 ``<out>/LEADERBOARD.md`` is the leaderboard's markdown followed by a Figures section that links the figures;
 ``<out>/figures/`` holds them (PNG and SVG); ``<out>/records/<run id>.json`` are the records behind the cells;
@@ -14,8 +14,11 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from discbench.atomic import atomic_write_text
 from discbench.errors import DiscbenchError
-from discbench.results import RunRecord, atomic_write_text
+from discbench.records import RunRecord
+from discbench.reporting import frame as fr
+from discbench.reporting import tables
 
 COLUMNS = [  # key, header, numeric
     ("suite", "Suite", False), ("dataset", "Dataset", False), ("budget", "Budget", False),
@@ -27,41 +30,32 @@ COLUMNS = [  # key, header, numeric
 
 
 def board_rows(name: str, records: list[RunRecord]) -> list[dict]:
-    """One row per method of every table of a section, with the same cell text as the markdown's last-module or
-    pair table (``cell``) and its Δ against the table's baseline row."""
-    from discbench.leaderboard import _baseline_label, _frame, _row_order, cell, pair_columns, pair_values
-    from discbench.stats import welch
-
+    """One row per (method, column) of every last-module or pairs table of a section: the entry's text, its Δ against
+    the table's baseline row, and the cost of its runs (the same numbers as the markdown)."""
     rows = []
     if not records:
         return rows
-    df = _frame(records)
-    for (dataset, budget, protocol), sub in df.groupby(["dataset", "budget", "protocol"], sort=True):
-        base = _baseline_label(sub)
+    df = fr.frame(records)
+    for (dataset, budget, protocol), sub in df.groupby(fr.GROUP, sort=True):
         two = sub["partner"].notna().any()
-        columns = (pair_columns(sub) if two else
-                   [(b, None, f"{b} ↑", False) for b in sorted(sub["backbone"].unique())])
-        for backbone, partner, _, offline in columns:
-            runs = sub[(sub["backbone"] == backbone) & ((sub["partner"] == partner) if two else True)]
-            pair = (f"{partner} → {backbone}" if offline else f"{backbone} / {partner}") if two else backbone
-
-            def values(frame, two=two, offline=offline, identical=backbone == partner):
-                return pair_values(frame, offline, identical) if two else [frame["top1/last"]]
-
-            base_values = values(runs[runs["label"] == base]) if base else None
-            for label in _row_order(runs):
-                mine = runs[runs["label"] == label]
-                vals = values(mine)
-                first = [float(v) for v in vals[0].dropna()]
-                d = None
-                if base and label != base and base_values is not None and first and not base_values[0].empty:
-                    d = welch(first, [float(v) for v in base_values[0].dropna()])
+        table = tables.pairs(sub) if two else tables.last_module(sub)
+        for i, col in enumerate(table.columns):
+            runs = sub[(sub["backbone"] == col.backbone) & ((sub["partner"] == col.partner) if two else True)]
+            where = (f"{col.partner} → {col.backbone}" if col.offline else f"{col.backbone} / {col.partner}") if two \
+                else col.backbone
+            present = set(runs["label"])
+            for row in table.rows:
+                if row.label not in present:
+                    continue
+                entry, mine = row.entries[i], runs[runs["label"] == row.label]
+                d = entry.delta
                 peak = mine["peak_bytes"].dropna()
                 devices = sorted(mine["device"].unique())
                 rows.append({
-                    "suite": name, "dataset": dataset, "budget": budget, "protocol": protocol, "backbone": pair,
-                    "method": label, "top1": " / ".join(cell(v) for v in vals), "top1_sort": float(vals[0].mean()),
-                    "delta": "baseline" if label == base else (d.short() if d else "—"),
+                    "suite": name, "dataset": dataset, "budget": budget, "protocol": protocol, "backbone": where,
+                    "method": row.label, "top1": " / ".join(c.text() for c in entry.cells),
+                    "top1_sort": entry.first.mean,
+                    "delta": "baseline" if row.label == table.baseline else (d.short() if d else "—"),
                     "delta_sort": d.diff if d else 0.0, "significant": bool(d and d.significant),
                     "n": len(mine), "device": "; ".join(devices),
                     # step times are never averaged across devices (LEADERBOARD.md splits such rows by device)
@@ -180,22 +174,6 @@ LEGEND = ("Δ: difference of means to the baseline row of the same table and col
           "records' device; Peak memory: CUDA max allocated, or the CPU process's peak RSS (see LEADERBOARD.md).")
 
 
-def render_markdown(results_dirs, suites=(), budget: str | None = None, config_path=None, echo=None,
-                    figures: bool = False, draw_into: Path | None = None) -> str:
-    """What ``discbench leaderboard`` prints: every record's tables, or the tables of ``suites`` followed by the
-    across-protocols section over their records; with ``figures`` a Figures section that links
-    ``figures/<name>.png`` beside the markdown (drawn into ``draw_into`` when given, else only linked)."""
-    from discbench.figures import section
-    from discbench.leaderboard import combine, sections
-    from discbench.records import load
-
-    parts = sections(load(results_dirs, echo=echo), suites, budget, config_path)
-    text = combine(parts)
-    if figures:
-        text += "\n" + section(parts, draw_into)[0]
-    return text
-
-
 def publish(results_dirs: Iterable, out_dir: Path, suites=(), budget: str | None = None, config_path=None,
             echo=None) -> list[Path]:
     """Write the site into ``out_dir``; the paths written (the markdown, the page, the figures).
@@ -204,9 +182,9 @@ def publish(results_dirs: Iterable, out_dir: Path, suites=(), budget: str | None
     are copied into ``records/<run id>.json``."""
     import os
 
-    from discbench.figures import section
-    from discbench.leaderboard import combine, sections
     from discbench.records import collect
+    from discbench.reporting.figures import section
+    from discbench.reporting.markdown import combine, sections
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

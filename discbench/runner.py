@@ -1,0 +1,348 @@
+"""What happens to a seed and to a sweep: skip, claim, pre-flight, teachers, resume, train, write, fail.
+
+Every command that trains builds one ``Workspace`` (the configuration, the results directory, the data, the teacher
+store, the device, how seeds survive and share) and hands configurations to ``run_seeds``, ``train_teachers`` or
+``sweep``; ``discbench.train`` trains one seed. A launcher job rebuilds the same workspace in its own process from
+its ``WorkspaceSpec`` (plain values, picklable).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from discbench import claims
+from discbench.checkpoint import CheckpointPlan, Preempted, stop_on_signals
+from discbench.claims import DEFAULT_STALE_AFTER
+from discbench.config import Bench, RunConfig
+from discbench.contract import preflight
+from discbench.distributed import Distributed
+from discbench.errors import DiscbenchError
+from discbench.records import (
+    DEFAULT_RESULTS_DIR,
+    check_writable,
+    existing_valid,
+    find_record,
+    record_path,
+    remove_orphans,
+    run_folder,
+    seed_files,
+    write_record,
+)
+from discbench.registry import PROTOCOLS
+from discbench.teachers import TeacherStore, teacher_config
+from discbench.train import train
+
+if TYPE_CHECKING:
+    from discbench.suites import Suite
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``requested`` ("cpu", "cuda", "cuda:1"), else CUDA when available, else CPU."""
+    if requested:
+        try:
+            device = torch.device(requested)
+        except (RuntimeError, ValueError):
+            raise DiscbenchError(f"--device {requested}: not a device; use cpu, cuda or cuda:N") from None
+        if device.type not in ("cpu", "cuda"):
+            raise DiscbenchError(f"--device {requested}: discbench trains on cpu or cuda; use --device cpu or cuda")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise DiscbenchError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise DiscbenchError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA "
+                                 f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class DataCache:
+    """Datasets opened once per (dataset, subsets, device) for a command that trains many configurations."""
+
+    def __init__(self, data_dir: str | None = None, download: bool = False):
+        self.data_dir, self.download = data_dir, download
+        self._open: dict = {}
+
+    def get(self, cfg: RunConfig, device: torch.device):
+        from discbench.data import open_dataset
+
+        key = (cfg.dataset, cfg.recipe.train_subset, cfg.recipe.test_subset, str(device))
+        if key not in self._open:
+            self._open[key] = open_dataset(cfg.dataset, cfg.recipe, device, self.data_dir, self.download)
+        return self._open[key]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How seeds survive and share: checkpoint cadence, what to keep, when another host's claim is stale, whether a
+    seed with a record is trained again, whether a failed seed stops the others."""
+
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: epoch ends only)
+    keep_checkpoints: bool = False  # keep the checkpoints once the record is written
+    stale_after: float = DEFAULT_STALE_AFTER  # seconds without heartbeat before a claim is taken over
+    keep_going: bool = False  # a failed seed records its failure and the next seed trains (sweeps)
+    force: bool = False  # train seeds whose record exists (teachers: retrain stored ones)
+    progress: bool = True  # progress bars and per-epoch lines on stderr
+
+
+@dataclass(frozen=True)
+class WorkspaceSpec:
+    """A workspace as plain values: what the command line gave, and what a launcher job pickles."""
+
+    config_path: str | None = None
+    results_dir: str = str(DEFAULT_RESULTS_DIR)
+    teacher_store: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+    device: str | None = None
+    options: RunOptions = field(default_factory=RunOptions)
+
+    def open(self, dist: Distributed | None = None, bench: Bench | None = None) -> Workspace:
+        """The workspace these values describe (the configuration is read now, unless ``bench`` is given)."""
+        dist = dist or Distributed()
+        return Workspace(bench=bench or Bench.load(self.config_path), results_dir=Path(self.results_dir),
+                         device=pick_device(dist.device(self.device)), data=DataCache(self.data_dir, self.download),
+                         teachers=TeacherStore(self.teacher_store), options=self.options, dist=dist, spec=self)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where and how a command's runs happen. Built once per command (``WorkspaceSpec.open``)."""
+
+    bench: Bench
+    results_dir: Path
+    device: torch.device
+    data: DataCache
+    teachers: TeacherStore
+    options: RunOptions
+    dist: Distributed
+    spec: WorkspaceSpec
+
+    def with_options(self, **changes: Any) -> Workspace:
+        options = replace(self.options, **changes)
+        return replace(self, options=options, spec=replace(self.spec, options=options))
+
+
+class SeedsFailed(DiscbenchError):
+    """Some seeds of a ``keep_going`` run failed (each left a failure record); the others were written."""
+
+    def __init__(self, count: int, written: list[Path]):
+        self.count, self.written = count, written
+        super().__init__(f"{count} seed(s) failed; 'discbench status' shows why, and the next run retries them")
+
+
+# -- one configuration -----------------------------------------------------------------------------------------------
+def run_seeds(ws: Workspace, cfg: RunConfig, seeds: Iterable[int]) -> list[Path]:
+    """Train each seed of ``cfg`` whose record does not exist yet (all with ``force``) and write its record.
+
+    A protocol that needs a teacher finds it in the workspace's store (verified once, before the first seed) and the
+    teacher's identity becomes part of the configuration, so its hash names the teacher too. Before the first seed
+    it trains, the plugins pass the pre-flight check (``discbench.contract``: one forward and backward at batch 2 on
+    the CPU, with the loaded teacher) and the data opens; a failure writes no record.
+
+    Each seed is claimed first (``discbench.claims``; a seed another live process claims is skipped), resumes from
+    its checkpoint if it has one (``discbench.checkpoint``), and leaves a failure record when it fails (then the
+    error propagates, or with ``keep_going`` the next seed trains). Under torchrun rank 0 claims, checkpoints and
+    writes; the other ranks follow its decisions.
+    """
+    opts, dist = ws.options, ws.dist
+    teacher = None
+    if PROTOCOLS.get(cfg.protocol_name).needs_teacher:
+        cfg = ws.teachers.attach(ws.bench, cfg)
+        teacher = ws.teachers.load(cfg, ws.device)
+    written, checked, failures = [], False, []
+    if dist.is_main:
+        remove_orphans(run_folder(ws.results_dir, cfg))
+    for seed in seeds:
+        existing = existing_valid(find_record(ws.results_dir, cfg, seed), note=say)
+        if existing and not opts.force:
+            if dist.is_main:
+                say(f"skip {cfg.label} | {cfg.backbone} | seed {seed}: {existing} exists (--force reruns it)")
+            continue
+        path = existing or record_path(ws.results_dir, cfg, seed)
+        if not checked:
+            if dist.is_main:
+                check_writable(path)
+            preflight(cfg, teacher=teacher.network if teacher else None)
+            ws.data.get(cfg, ws.device)  # open (and check) the data before claiming: bad data is not a failed seed
+            checked = True
+        files = seed_files(ws.results_dir, cfg, seed)
+        claim = claims.acquire(files.claim, opts.stale_after) if dist.is_main else None
+        busy = dist.broadcast(None if claim is None or isinstance(claim, claims.HeldClaim) else claims.describe(claim))
+        if busy:
+            if dist.is_main:
+                say(f"skip {cfg.label} | {cfg.backbone} | seed {seed}: running on {busy} ({files.claim})")
+            continue
+        try:
+            done = dist.broadcast(find_record(ws.results_dir, cfg, seed) if dist.is_main else None)
+            if done and done != existing:  # another process finished it while this one was looking
+                if dist.is_main:
+                    say(f"skip {cfg.label} | {cfg.backbone} | seed {seed}: {done} exists")
+                continue
+            plan = CheckpointPlan(files.checkpoint, every_steps=opts.checkpoint_every, writer=dist.is_main)
+            record = train(cfg, seed, ws.data.get(cfg, ws.device), ws.device, progress=opts.progress, teacher=teacher,
+                           checkpoint=plan, dist=dist).record
+            if not dist.is_main:
+                continue
+            if claim.lost:
+                say(f"not writing {cfg.label} | {cfg.backbone} | seed {seed}: another process took its claim over")
+                continue
+            write_record(path, record)
+            files.failed.unlink(missing_ok=True)
+            if not opts.keep_checkpoints:
+                plan.remove()
+            say(f"wrote {path}: top-1 " + " ".join(f"{k} {v:.2f}" for k, v in record.final_top1.items()))
+            written.append(path)
+        except (Preempted, KeyboardInterrupt):
+            raise  # the checkpoint is the record of progress; the seed is pending, not failed
+        except Exception as exc:
+            if dist.is_main:
+                claims.write_failure(files, cfg, seed, exc)
+            if not opts.keep_going:
+                raise
+            failures.append(exc)
+            say(f"failed {cfg.label} | {cfg.backbone} | seed {seed}: {exc}")
+        finally:
+            if isinstance(claim, claims.HeldClaim):
+                claim.release()
+    if failures:
+        raise SeedsFailed(len(failures), written)
+    return written
+
+
+# -- teachers --------------------------------------------------------------------------------------------------------
+def train_teachers(ws: Workspace, backbone: str, dataset: str, budget: str, seeds: Iterable[int],
+                   overrides: tuple[str, ...] = ()) -> list[dict]:
+    """Train a plain ``backbone`` per seed with the offline recipe of ``budget`` (and ``overrides``) and store it as
+    a teacher (its run record is written too, as the ``none`` row it is). A seed already stored is kept unless
+    ``force``.
+
+    A teacher is claimed and checkpointed like any seed; a teacher another live process is training is waited for
+    (its students need it), then used."""
+    opts = ws.options
+    cfg = teacher_config(ws.bench, backbone, dataset, budget, overrides)
+    stored = []
+    for seed in seeds:
+        teacher_id = f"{cfg.hash}-seed{seed}"
+        files = seed_files(ws.results_dir, cfg, seed)
+        claim, waiting = None, False
+        while True:
+            manifest = ws.teachers.manifest(teacher_id)
+            if manifest is not None and (waiting or not opts.force):  # --force retrains unless it waited for one
+                break
+            claim = claims.acquire(files.claim, opts.stale_after)
+            if isinstance(claim, claims.HeldClaim):
+                manifest = None if opts.force else ws.teachers.manifest(teacher_id)  # finished while this one looked?
+                break
+            if not waiting:
+                say(f"waiting for teacher {backbone} | {dataset} | seed {seed}: being trained on "
+                    f"{claims.describe(claim)}")
+                waiting = True
+            claim = None
+            time.sleep(max(0.5, min(10.0, opts.stale_after / 4)))
+        if manifest is not None:
+            if isinstance(claim, claims.HeldClaim):
+                claim.release()
+            say(f"skip teacher {backbone} | {dataset} | seed {seed}: {ws.teachers.root / teacher_id} exists "
+                f"(--force retrains it)")
+            stored.append(manifest)
+            continue
+        try:
+            plan = CheckpointPlan(files.checkpoint, every_steps=opts.checkpoint_every)  # a killed teacher resumes
+            run = train(cfg, seed, ws.data.get(cfg, ws.device), ws.device, progress=opts.progress, checkpoint=plan)
+            if find_record(ws.results_dir, cfg, seed) is None:  # the same plain run may be published already
+                write_record(record_path(ws.results_dir, cfg, seed), run.record)
+            top1 = run.record.last_top1("net")
+            ds = cfg.dataset
+            manifest = {"teacher_id": teacher_id, "backbone": backbone, "dataset": dataset,
+                        "num_classes": ds.num_classes, "in_channels": ds.channels, "image_size": ds.image_size,
+                        "budget": budget, "seed": seed, "top1": top1, "source": "trained", "config_hash": cfg.hash,
+                        "config": cfg.to_dict(), "provenance": run.record.provenance}
+            path = ws.teachers.save(run.system.net, manifest, force=opts.force)
+            if not opts.keep_checkpoints:
+                plan.remove()
+        except (Preempted, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            claims.write_failure(files, cfg, seed, exc)
+            raise
+        finally:
+            claim.release()
+        say(f"stored teacher {backbone} | {dataset} | seed {seed}: top-1 {top1:.2f} in {path}")
+        stored.append(ws.teachers.manifest(teacher_id))
+    return stored
+
+
+# -- a suite ---------------------------------------------------------------------------------------------------------
+@dataclass
+class SweepOutcome:
+    """What a sweep did: the seeds that failed (one line each) and, for Slurm, the jobs it submitted."""
+
+    failed: list[str] = field(default_factory=list)
+    submitted: list[Any] | None = None  # Slurm job handles (the sweep returns without waiting)
+
+
+def pending(ws: Workspace, configs: list[RunConfig], seeds: int) -> Iterator[tuple[RunConfig, int]]:
+    """Every (configuration, seed) without a record (all of them with ``force``)."""
+    for cfg in configs:
+        for seed in range(seeds):
+            if ws.options.force or find_record(ws.results_dir, cfg, seed) is None:
+                yield cfg, seed
+
+
+def prepare(ws: Workspace, configs: list[RunConfig], seeds: int) -> None:
+    """Before anything of a sweep trains: every row's plugins pass the pre-flight check (a broken plugin in the last
+    row stops the sweep now, not hours later; an offline row is checked against a random teacher of the same
+    backbone here, and against its real teacher again before its first seed), then every teacher the sweep needs and
+    the store lacks is trained."""
+    needed = {cfg.request_hash: cfg for cfg, _ in pending(ws, configs, seeds)}
+    offline = [c for c in configs if PROTOCOLS.get(c.protocol_name).needs_teacher]
+    for cfg in {**{c.request_hash: c for c in offline}, **needed}.values():
+        preflight(cfg)
+    wanted = {(c.protocol.teacher, c.dataset.name, c.protocol.teacher_budget or c.budget, c.protocol.teacher_seed)
+              for c in offline}
+    for backbone, dataset, budget, seed in sorted(wanted):
+        train_teachers(ws, backbone, dataset, budget, [seed])
+
+
+def sweep(ws: Workspace, suite: Suite, configs: list[RunConfig], seeds: int, launcher: str = "inline",
+          executor: Any = None, workers: int = 1) -> SweepOutcome:
+    """Every (configuration, seed) of a suite without a record: inline, one after another (a failed seed leaves a
+    failure record and the others go on), or as launcher jobs (``discbench.launch``): local processes, at most
+    ``workers`` at a time, waited for; or one Slurm array, submitted and not waited for."""
+    ws = ws.with_options(keep_going=True)
+    prepare(ws, configs, seeds)
+    outcome = SweepOutcome()
+    if launcher == "inline":
+        with stop_on_signals():
+            for i, cfg in enumerate(configs, 1):
+                say(f"[{i}/{len(configs)}] {cfg.label} | {cfg.backbone} | {cfg.dataset.name} | {cfg.budget} | "
+                    f"config {cfg.request_hash}")
+                try:
+                    run_seeds(ws, cfg, range(seeds))
+                except SeedsFailed as exc:
+                    outcome.failed.extend([cfg.label] * exc.count)
+        return outcome
+    from discbench.launch import SeedJob, submit
+
+    jobs = [SeedJob(ws.spec, cfg, seed) for cfg, seed in pending(ws, configs, seeds)]
+    handles = submit(executor, jobs, launcher, workers)
+    if launcher == "slurm":
+        outcome.submitted = handles
+        return outcome
+    for job, handle in zip(jobs, handles, strict=True):
+        try:
+            handle.result()
+        except Exception as exc:
+            reason = next((line for line in reversed(str(exc).splitlines()) if line.strip()), repr(exc))
+            outcome.failed.append(f"{job.cfg.label} | {job.cfg.backbone} | seed {job.seed}: {reason.strip()}")
+    return outcome

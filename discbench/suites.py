@@ -1,0 +1,111 @@
+"""Suites: the tables of bench.toml (``[suites.<name>]``), each rows x datasets x backbones under one protocol.
+
+A row names a method (a registered loss or a baseline, ``discbench list losses``), optionally with a label and a
+``set`` of overrides for what the row changes beyond the method's definition (an ablation). ``rows = "all"`` is
+every method defined for the suite's protocol: the baselines, then every registered loss, so that a new loss joins
+such a suite without an edit. ``extends = "other"`` starts from another suite's table and overrides the keys it sets.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from discbench.config import Bench, RunConfig
+from discbench.errors import DiscbenchError
+from discbench.ranges import within
+from discbench.registry import PROTOCOLS
+from discbench.typed import build
+
+LAYOUTS = ("modules", "compression")
+ALL_ROWS = "all"
+
+
+@dataclass(frozen=True)
+class SuiteRow:
+    loss: str
+    label: str
+    overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A table of bench.toml: rows (methods) x datasets x backbones, under one protocol.
+
+    ``partners`` (two-network protocols) pairs each backbone with a second network, position by position: the peer
+    (online) or the teacher (offline); empty for self-distillation.
+    """
+
+    name: str
+    protocol: str
+    datasets: tuple[str, ...]
+    backbones: tuple[str, ...]
+    seeds: int = field(metadata=within(ge=1))
+    budget: str
+    rows: tuple[SuiteRow, ...]
+    partners: tuple[str, ...] = ()
+    layout: str = "modules"  # how the leaderboard renders it: "modules" (Tables 1/6/7) or "compression" (Table 3)
+    description: str = ""
+
+    def columns(self) -> list[tuple[str, str | None]]:
+        """(backbone, partner) per column; partner None for one-network protocols."""
+        if not self.partners:
+            return [(b, None) for b in self.backbones]
+        return list(zip(self.backbones, self.partners, strict=True))
+
+
+def _table(bench: Bench, name: str) -> dict:
+    """The suite's table with every ``extends`` applied."""
+    table = bench._table("suites", name, "suite")
+    seen = [name]
+    while "extends" in table:
+        parent = table.pop("extends")
+        if parent in seen:
+            raise DiscbenchError(f"suite '{name}': 'extends' goes round in a circle: {' -> '.join([*seen, parent])}")
+        seen.append(parent)
+        table = {**bench._table("suites", parent, "suite"), **table}
+    return table
+
+
+def _rows(bench: Bench, rows, protocol: str, where: str) -> tuple[SuiteRow, ...]:
+    if rows == ALL_ROWS:
+        return tuple(SuiteRow(name, name, ()) for name in bench.method_names()
+                     if protocol in bench.method(name).protocols)
+    if not isinstance(rows, list):
+        raise DiscbenchError(f"{where}: rows must be a list of tables or \"{ALL_ROWS}\"")
+    out = []
+    for i, row in enumerate(rows):
+        unknown = set(row) - {"loss", "label", "set"} if isinstance(row, dict) else {"?"}
+        if unknown or "loss" not in row:
+            raise DiscbenchError(f"{where}: row {i} needs 'loss', may have 'label' and 'set'; got "
+                                 f"{sorted(row) if isinstance(row, dict) else row!r}")
+        sets = tuple(f"{k}={json.dumps(v)}" for k, v in row.get("set", {}).items())
+        out.append(SuiteRow(loss=row["loss"], label=row.get("label", row["loss"]), overrides=sets))
+    return tuple(out)
+
+
+def load(bench: Bench, name: str) -> Suite:
+    """The suite ``name`` of ``bench``, checked: rows, layout, one partner per backbone for two-network protocols."""
+    table = _table(bench, name)
+    where = f"suite '{name}'"
+    protocol = table.get("protocol", "self")
+    rows = _rows(bench, table.pop("rows", []), protocol, where)
+    if not rows:
+        raise DiscbenchError(f"{where}: no rows")
+    suite = build(Suite, table, where, name=name, rows=rows)
+    if suite.layout not in LAYOUTS:
+        raise DiscbenchError(f"{where}: unknown layout '{suite.layout}'; valid: {', '.join(LAYOUTS)}")
+    key = PROTOCOLS.get(suite.protocol).partner
+    if bool(suite.partners) != bool(key) or (key and len(suite.partners) != len(suite.backbones)):
+        need = f"one partner ({key}) per backbone" if key else "no partners"
+        raise DiscbenchError(f"{where}: protocol '{suite.protocol}' needs {need}; got partners = "
+                             f"{list(suite.partners)} for backbones = {list(suite.backbones)}")
+    return suite
+
+
+def configs(bench: Bench, suite: Suite, budget: str | None = None) -> list[RunConfig]:
+    """Every (dataset, backbone, row) configuration of ``suite``, under ``budget`` or the suite's own."""
+    key = PROTOCOLS.get(suite.protocol).partner
+    return [bench.resolve(row.loss, backbone, dataset, budget or suite.budget, suite.protocol, row.overrides,
+                          row.label, partner={key: partner} if partner else None)
+            for dataset in suite.datasets for backbone, partner in suite.columns() for row in suite.rows]
