@@ -77,11 +77,12 @@ class CRD(Discrepancy):
 
     Choices where neither source is explicit: the loss is in at least fp32 with autocast off (exp(s / 0.07) amplifies
     bf16 rounding of the scores 14-fold): bf16/fp16 inputs are computed in fp32, fp64 inputs in fp64 (banks allocated
-    in that dtype, so a float64 reference step can check the loss to rounding); scores are computed against the whole bank and then gathered, which holds
-    B x N floats instead of the B x (1+K) x dim gathered rows RepDistiller materialises (25 MB instead of 1 GB at
-    B = 128, N = 50 000, K = 16 384, dim = 128) at N/(1+K) times the GEMM FLOPs; the banks are updated out of place
-    (one N x dim copy per step) because the score GEMM saves them for backward; banks and Z change only in
-    training mode; indices within a batch are assumed distinct (an epoch permutation).
+    in that dtype, so a float64 reference step can check the loss to rounding); scores are computed against the
+    whole bank and then gathered, which holds B x N floats instead of the B x (1+K) x dim gathered rows RepDistiller
+    materialises (25 MB instead of 1 GB at B = 128, N = 50 000, K = 16 384, dim = 128) at N/(1+K) times the GEMM
+    FLOPs; the banks are updated out of place (one N x dim copy per step) because the score GEMM saves them for
+    backward; banks and Z change only in training mode; indices within a batch are assumed distinct (an epoch
+    permutation).
 
     Shape: source (B, C_s, H, W) or (B, C_s), target (B, C_t, H', W') or (B, C_t) -> scalar; ``ctx.indices`` (B,).
     Parameters: the two embedding heads, (C_s + 1) dim + (C_t + 1) dim. Buffers: 2 N dim floats of banks.
