@@ -75,18 +75,21 @@ class CRD(Discrepancy):
     images can never be negatives. A plugin also sees only its batch's labels, not those of the whole bank.
     (RepDistiller's P_n = 1/N differs from ours by a factor N/(N-1), which is 1 + 2e-5 on CIFAR.)
 
-    Choices where neither source is explicit: the loss is in fp32 with autocast off (exp(s / 0.07) amplifies bf16
-    rounding of the scores 14-fold); scores are computed against the whole bank and then gathered, which holds
-    B x N floats instead of the B x (1+K) x dim gathered rows RepDistiller materialises (25 MB instead of 1 GB at
-    B = 128, N = 50 000, K = 16 384, dim = 128) at N/(1+K) times the GEMM FLOPs; the banks are updated out of place
-    (one N x dim copy per step) because the score GEMM saves them for backward; banks and Z change only in
-    training mode; indices within a batch are assumed distinct (an epoch permutation).
+    Choices where neither source is explicit: the loss is in at least fp32 with autocast off (exp(s / 0.07) amplifies
+    bf16 rounding of the scores 14-fold): bf16/fp16 inputs are computed in fp32, fp64 inputs in fp64 (banks allocated
+    in that dtype, so a float64 reference step can check the loss to rounding); scores are computed against the
+    whole bank and then gathered, which holds B x N floats instead of the B x (1+K) x dim gathered rows RepDistiller
+    materialises (25 MB instead of 1 GB at B = 128, N = 50 000, K = 16 384, dim = 128) at N/(1+K) times the GEMM
+    FLOPs; the banks are updated out of place (one N x dim copy per step) because the score GEMM saves them for
+    backward; banks and Z change only in training mode; indices within a batch are assumed distinct (an epoch
+    permutation).
 
     Shape: source (B, C_s, H, W) or (B, C_s), target (B, C_t, H', W') or (B, C_t) -> scalar; ``ctx.indices`` (B,).
     Parameters: the two embedding heads, (C_s + 1) dim + (C_t + 1) dim. Buffers: 2 N dim floats of banks.
     """
 
     name = "crd"
+    version = 2  # v2: computes in the input's dtype when wider than fp32 (v1 always cast to fp32); fp32 values equal
     tap = Tap.FEATURE
     pairing = Pairing.LAST
     detaches_target = True
@@ -107,8 +110,9 @@ class CRD(Discrepancy):
         """K: ``nce_k`` clamped to the N - 1 other samples."""
         return min(self.nce_k, dataset_size - 1)
 
-    def allocate_banks(self, dataset_size: int, device: torch.device) -> None:
-        """Create both memory banks on the first call (RepDistiller's uniform initialisation); check N afterwards."""
+    def allocate_banks(self, dataset_size: int, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+        """Create both memory banks on the first call (RepDistiller's uniform initialisation), in ``dtype``; check N
+        afterwards."""
         if self.memory_source is not None:
             if self.memory_source.shape[0] != dataset_size:
                 raise DiscbenchError(f"crd: memory banks hold {self.memory_source.shape[0]} samples but the loss "
@@ -117,8 +121,8 @@ class CRD(Discrepancy):
         if dataset_size < 2:
             raise DiscbenchError(f"crd needs a training set of at least 2 samples, got {dataset_size}")
         bound = 1.0 / math.sqrt(self.dim / 3)
-        self.memory_source = (torch.rand(dataset_size, self.dim, device=device) * 2 - 1) * bound
-        self.memory_target = (torch.rand(dataset_size, self.dim, device=device) * 2 - 1) * bound
+        self.memory_source = (torch.rand(dataset_size, self.dim, device=device, dtype=dtype) * 2 - 1) * bound
+        self.memory_target = (torch.rand(dataset_size, self.dim, device=device, dtype=dtype) * 2 - 1) * bound
 
     @staticmethod
     def draw_negatives(anchors: Tensor, dataset_size: int, k: int) -> Tensor:
@@ -131,16 +135,17 @@ class CRD(Discrepancy):
 
     def forward(self, source: Tensor, target: Tensor, ctx: LossContext) -> LossOutput:
         n = ctx.dataset_size
+        dtype = torch.promote_types(source.dtype, torch.float32)  # fp32 at least (bf16/fp16 -> fp32), fp64 stays fp64
         with torch.autocast(device_type=source.device.type, enabled=False):
-            v_s = self.embed_source(pooled(source).float())  # (B, dim)
-            v_t = self.embed_target(pooled(target).detach().float())  # (B, dim)
+            v_s = self.embed_source(pooled(source).to(dtype))  # (B, dim)
+            v_t = self.embed_target(pooled(target).detach().to(dtype))  # (B, dim)
             anchors = ctx.indices.to(device=v_s.device, dtype=torch.long)  # (B,)
-            self.allocate_banks(n, v_s.device)
+            self.allocate_banks(n, v_s.device, dtype)
             k = self.num_negatives(n)
             candidates = torch.cat([anchors[:, None], self.draw_negatives(anchors, n, k)], dim=1)  # (B, 1+K)
             # each anchor view against the *other* view's bank: (B, N) scores, gathered to (B, 1+K)
-            logits = torch.stack([(v_s @ self.memory_target.T).gather(1, candidates),
-                                  (v_t @ self.memory_source.T).gather(1, candidates)]) / self.temperature
+            logits = torch.stack([(v_s @ self.memory_target.to(dtype).T).gather(1, candidates),
+                                  (v_t @ self.memory_source.to(dtype).T).gather(1, candidates)]) / self.temperature
             log_z = self.log_z
             if torch.isnan(log_z).any():  # first batch: N * mean exp(score), per anchor side
                 log_z = (torch.logsumexp(logits.detach().flatten(1), dim=1) - math.log(candidates.numel())
@@ -161,7 +166,7 @@ class CRD(Discrepancy):
         m = self.momentum
         for name, v in (("memory_source", v_s), ("memory_target", v_t)):
             bank = getattr(self, name)
-            rows = F.normalize(bank[anchors] * m + v * (1 - m), dim=1)
+            rows = F.normalize(bank[anchors] * m + v.to(bank.dtype) * (1 - m), dim=1)
             setattr(self, name, bank.index_copy(0, anchors, rows))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

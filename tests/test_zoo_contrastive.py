@@ -169,6 +169,30 @@ def test_crd_banks_are_lazy_buffers_that_checkpoint_and_only_train_in_training_m
     assert all(torch.equal(before[k], v) for k, v in plugin.state_dict().items())
 
 
+def test_crd_computes_in_fp32_at_least_and_in_fp64_for_fp64_inputs():
+    """v2: bf16/fp16 inputs (what bf16 autocast hands it) are computed in fp32 with fp32 banks; a float64 plugin
+    fed float64 computes, allocates its banks and stores Z in float64, and agrees with fp32 to fp32 rounding."""
+    torch.manual_seed(0)
+    source, target = torch.randn(4, 6, 4, 4), torch.randn(4, 5, 2, 2)
+    plugin = CRD(FeatureSpec(6, 1), FeatureSpec(5, 2), dim=4)
+    half = copy.deepcopy(plugin)
+    out = half(source.bfloat16(), target.bfloat16(), ctx([0, 1, 2, 3]))
+    assert out.loss.dtype == half.memory_source.dtype == half.log_z.dtype == torch.float32
+
+    fresh = copy.deepcopy(plugin).double()  # banks not allocated yet: allocated in the input's dtype
+    fresh(source.double(), target.double(), ctx([0, 1, 2, 3]))
+    assert fresh.memory_source.dtype == fresh.memory_target.dtype == fresh.log_z.dtype == torch.float64
+
+    plugin.allocate_banks(12, torch.device("cpu"))  # the same fp32 banks on both sides
+    wide = copy.deepcopy(plugin).double()
+    outs = []
+    for p, dtype in ((plugin, torch.float32), (wide, torch.float64)):
+        torch.manual_seed(1)  # the same negatives
+        outs.append(p(source.to(dtype), target.to(dtype), ctx([4, 5, 6, 7])).loss)
+    assert outs[1].dtype == torch.float64 and outs[1].item() == pytest.approx(outs[0].item(), rel=1e-5)
+    torch.testing.assert_close(wide.memory_source, plugin.memory_source.double(), rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # AFD
 # ---------------------------------------------------------------------------------------------------------------
