@@ -134,6 +134,10 @@ class Discrepancy(nn.Module):
     two specs are the plugin's hyper-parameters:
     ``bench.toml`` sets them under ``[losses.<name>]`` and ``--set loss.<key>=...`` overrides them, type-checked
     against the defaults and range-checked against ``ranges`` (``{"dim": Range(ge=1)}``; discbench.ranges).
+
+    A plugin that is itself a logit-distillation term (KD, DML, KDCL) declares ``replaces_kd``: under a protocol with a
+    KD term of its own (``Protocol.kd_field``) the plugin *replaces* that term, whose weight is resolved to 0, so that
+    no distillation term is counted twice; a ``--set`` that asks for both is refused.
     """
 
     name: ClassVar[str]
@@ -142,6 +146,7 @@ class Discrepancy(nn.Module):
     pairing: ClassVar[Pairing] = Pairing.TO_LAST
     detaches_target: ClassVar[bool] = True
     protocols: ClassVar[frozenset[str] | None] = None  # where the method is defined; None: under every protocol
+    replaces_kd: ClassVar[bool] = False  # a logit-distillation term: it replaces the protocol's own KD term
     ranges: ClassVar[Mapping[str, Range]] = {}  # valid range of each numeric hyper-parameter (floats: finite anyway)
 
     def __init__(self, source: FeatureSpec, target: FeatureSpec):
@@ -227,19 +232,33 @@ class Protocol(nn.Module):
     - ``train(mode)``: a frozen teacher stays in eval mode whatever the loop asks.
 
     Class attributes: ``name`` (registry key), ``Config`` (the frozen dataclass of ``[protocols.<name>]`` in
-    bench.toml), ``partner`` (the Config field naming the second network: ``"peer"`` or ``"teacher"``; None for one
-    network) and ``needs_teacher``.
+    bench.toml, a ``discbench.config.ProtocolConfig``), ``partner`` (the Config field naming the second network:
+    ``"peer"`` or ``"teacher"``; None for one network), ``needs_teacher`` and ``kd_field``.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type]
     partner: ClassVar[str | None] = None
     needs_teacher: ClassVar[bool] = False
+    kd_field: ClassVar[str | None] = None  # the Config field weighing the protocol's own logit-KD term
 
     @classmethod
     def is_baseline(cls, cfg: RunConfig) -> bool:  # pragma: no cover - every protocol overrides it
         """Whether ``cfg`` trains its network(s) without any distillation term (the papers' "Baseline" row)."""
         raise NotImplementedError
+
+    @classmethod
+    def inert(cls, config: Any, loss: str) -> dict[str, str]:
+        """The Config fields that have no effect on a run with this ``config`` and loss (``loss``: the plugin's name,
+        "" for none), each with the reason: the resolver sets them to their default values, so that two runs that
+        compute the same thing have one configuration hash."""
+        return {}
+
+    @classmethod
+    def uses_teacher(cls, cfg: RunConfig) -> bool:
+        """Whether a run of ``cfg`` reads its teacher (protocols with ``needs_teacher``); a run that never does
+        trains without one in the store."""
+        return cls.needs_teacher
 
     def classifiers(self) -> list[Classifier]:  # pragma: no cover
         raise NotImplementedError

@@ -131,13 +131,24 @@ class RunConfig:
     loss: LossConfig
     runtime: RuntimeConfig
     teacher: TeacherRef | None = None  # resolved from the teacher store for protocols that need one
+    notes: tuple[str, ...] = ()  # what resolving changed from what was asked (not hashed: the values are)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["loss"]["hparams"] = dict(sorted(self.loss.hparams.items()))
         if self.teacher is None:
             out.pop("teacher")  # configurations without a teacher hash as they did before the field existed
+        if not self.notes:
+            out.pop("notes")
+        else:
+            out["notes"] = list(self.notes)
         return out
+
+    def _payload(self) -> dict[str, Any]:
+        payload = self.to_dict()
+        payload.pop("label")
+        payload.pop("notes", None)
+        return payload
 
     @staticmethod
     def _digest(payload: dict[str, Any]) -> str:
@@ -148,16 +159,13 @@ class RunConfig:
     def hash(self) -> str:
         """16 hex digits of the SHA-256 of the canonical JSON of the configuration, without its label (with the
         teacher's identity, when there is one)."""
-        payload = self.to_dict()
-        payload.pop("label")
-        return self._digest(payload)
+        return self._digest(self._payload())
 
     @property
     def request_hash(self) -> str:
         """The hash of what was asked for, before a teacher was looked up: suites find their records by it (a
         leaderboard can be rendered without the teacher store). Equal to ``hash`` for runs without a teacher."""
-        payload = self.to_dict()
-        payload.pop("label")
+        payload = self._payload()
         payload.pop("teacher", None)
         return self._digest(payload)
 
@@ -403,16 +411,33 @@ class Bench:
             raise DiscbenchError(f"'{loss}' is not defined for protocol '{protocol}'; it is defined for: "
                                  f"{', '.join(method.protocols)}")
         BACKBONES.get(backbone)  # unknown backbone -> did-you-mean error
+        notes: list[str] = []
         sets = self._settings(method, protocol, overrides, partner, proto_cls)
+        self._replace_kd(method, proto_cls, sets["protocol"], notes)
         dataset_cfg = self._dataset(dataset, sets["dataset"])
-        recipe = self._recipe(budget, dataset, recipe_protocol or protocol, sets["recipe"])
-        protocol_cfg = self._protocol(proto_cls, sets["protocol"], backbone)
+        recipe = self._recipe(budget, dataset, recipe_protocol or protocol, sets["recipe"], notes)
+        protocol_cfg = self._protocol(proto_cls, sets["protocol"], backbone, method.plugin, notes)
         runtime = build(RuntimeConfig, {**self.data["runtime"], **sets["runtime"]}, "runtime", "runtime")
         loss_cfg = self._loss(method.plugin, sets["loss"])
         if label is None:
             label = loss + (f" [{', '.join(overrides)}]" if overrides else "")
         return RunConfig(label=label, protocol_name=protocol, backbone=backbone, budget=budget, dataset=dataset_cfg,
-                         recipe=recipe, protocol=protocol_cfg, loss=loss_cfg, runtime=runtime)
+                         recipe=recipe, protocol=protocol_cfg, loss=loss_cfg, runtime=runtime, notes=tuple(notes))
+
+    @staticmethod
+    def _replace_kd(method: Method, proto_cls: Any, sets: dict[str, Any], notes: list[str]) -> None:
+        """A logit-distillation plugin (``replaces_kd``) replaces the protocol's own KD term: its weight is 0, and a
+        setting that asks for both is refused."""
+        field_name = proto_cls.kd_field
+        if not (method.plugin and field_name and LOSSES.get(method.plugin).replaces_kd):
+            return
+        asked = sets.get(field_name, 0)
+        if asked != 0:
+            raise DiscbenchError(f"loss '{method.plugin}' replaces protocol '{proto_cls.name}''s KD term, so "
+                                 f"protocol.{field_name} must be 0 (got {asked!r}); drop that setting, and weigh the "
+                                 f"loss with --set loss.beta=...")
+        sets[field_name] = 0.0
+        notes.append(f"protocol.{field_name} = 0: loss '{method.plugin}' replaces the protocol's KD term")
 
     @staticmethod
     def _settings(method: Method, protocol: str, overrides: Sequence[str], partner: Mapping[str, str] | None,
@@ -434,7 +459,8 @@ class Bench:
         table = self._table("datasets", name, "dataset")
         return build(DatasetConfig, {**table, **sets}, f"dataset '{name}'", "dataset", name=name)
 
-    def _recipe(self, budget: str, dataset: str, protocol: str, sets: Mapping[str, Any]) -> RecipeConfig:
+    def _recipe(self, budget: str, dataset: str, protocol: str, sets: Mapping[str, Any],
+                notes: list[str]) -> RecipeConfig:
         """The budget's recipe for ``dataset`` under ``protocol``. Milestones at or past the last epoch never fire in
         a step schedule; they are dropped, so that shortening a run (``--set recipe.epochs=1``) needs no other edit
         and two spellings of one schedule are one configuration."""
@@ -445,13 +471,27 @@ class Bench:
         epochs, milestones = values.get("epochs"), values.get("milestones")
         if isinstance(epochs, int) and isinstance(milestones, list) and all(isinstance(m, int) for m in milestones):
             values["milestones"] = [m for m in milestones if m < epochs]
+            if len(values["milestones"]) < len(milestones):
+                notes.append(f"recipe.milestones {milestones} -> {values['milestones']}: a milestone at or past the "
+                             f"last epoch ({epochs}) never fires")
         return build(RecipeConfig, values, f"recipe '{budget}'", "recipe")
 
-    def _protocol(self, proto_cls: Any, sets: Mapping[str, Any], backbone: str) -> ProtocolConfig:
-        """The protocol's configuration; the second network of a two-network protocol is a registered backbone (an
-        omitted peer is the run's own backbone, an omitted teacher is an error)."""
+    def _protocol(self, proto_cls: Any, sets: Mapping[str, Any], backbone: str, loss: str,
+                  notes: list[str]) -> ProtocolConfig:
+        """The protocol's configuration. Fields that have no effect on this run (``Protocol.inert``) take their
+        default values, so one computation has one hash. The second network of a two-network protocol is a registered
+        backbone (an omitted peer is the run's own backbone, an omitted teacher is an error)."""
         table = self.data["protocols"].get(proto_cls.name, {})
-        config = build(proto_cls.Config, {**table, **sets}, f"protocol '{proto_cls.name}'", "protocol")
+        where = f"protocol '{proto_cls.name}'"
+        config = build(proto_cls.Config, {**table, **sets}, where, "protocol")
+        inert = proto_cls.inert(config, loss)
+        if inert:
+            defaults = build(proto_cls.Config, {**table, **{k: v for k, v in sets.items() if k not in inert}}, where,
+                             "protocol")
+            changed = {k: why for k, why in inert.items() if getattr(config, k) != getattr(defaults, k)}
+            notes += [f"protocol.{k} = {getattr(config, k)!r} has no effect ({why}): the default "
+                      f"{getattr(defaults, k)!r} is used" for k, why in changed.items()]
+            config = dataclasses.replace(config, **{k: getattr(defaults, k) for k in inert})
         key = proto_cls.partner
         if key is None:
             return config

@@ -1,9 +1,12 @@
 """Suites: the tables of bench.toml (``[suites.<name>]``), each rows x datasets x backbones under one protocol.
 
 A row names a method (a registered loss or a baseline, ``discbench list losses``), optionally with a label and a
-``set`` of overrides for what the row changes beyond the method's definition (an ablation). ``rows = "all"`` is
-every method defined for the suite's protocol: the baselines, then every registered loss, so that a new loss joins
-such a suite without an edit. ``extends = "other"`` starts from another suite's table and overrides the keys it sets.
+``set`` of overrides for what the row changes beyond the method's definition (an ablation); a suite's own ``set``
+applies to every row (what the whole table changes, e.g. Table 6's "without KD at the exits"). A ``set`` may neither
+restate nor change what defines a method (its ``[methods]`` settings under the suite's protocol, and the KD weight a
+logit-distillation plugin replaces): a variant of a method is another method. ``rows = "all"`` is every method
+defined for the suite's protocol: the baselines, then every registered loss, so that a new loss joins such a suite
+without an edit. ``extends = "other"`` starts from another suite's table and overrides the keys it sets.
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from discbench.config import Bench, RunConfig
+from discbench.config import Bench, RunConfig, parse_override
 from discbench.errors import DiscbenchError
 from discbench.ranges import within
-from discbench.registry import PROTOCOLS
+from discbench.registry import LOSSES, PROTOCOLS
 from discbench.typed import build
 
 LAYOUTS = ("modules", "compression")
@@ -46,6 +49,7 @@ class Suite:
     partners: tuple[str, ...] = ()
     layout: str = "modules"  # how the leaderboard renders it: "modules" (Tables 1/6/7) or "compression" (Table 3)
     description: str = ""
+    overrides: tuple[str, ...] = ()  # the suite's `set`: applied to every row, before the row's own
 
     def columns(self) -> list[tuple[str, str | None]]:
         """(backbone, partner) per column; partner None for one-network protocols."""
@@ -67,6 +71,12 @@ def _table(bench: Bench, name: str) -> dict:
     return table
 
 
+def _sets(table, where: str) -> tuple[str, ...]:
+    if not isinstance(table, dict):
+        raise DiscbenchError(f"{where}: 'set' must be a table of \"section.key\" = value")
+    return tuple(f"{k}={json.dumps(v)}" for k, v in table.items())
+
+
 def _rows(bench: Bench, rows, protocol: str, where: str) -> tuple[SuiteRow, ...]:
     if rows == ALL_ROWS:
         return tuple(SuiteRow(name, name, ()) for name in bench.method_names()
@@ -79,8 +89,9 @@ def _rows(bench: Bench, rows, protocol: str, where: str) -> tuple[SuiteRow, ...]
         if unknown or "loss" not in row:
             raise DiscbenchError(f"{where}: row {i} needs 'loss', may have 'label' and 'set'; got "
                                  f"{sorted(row) if isinstance(row, dict) else row!r}")
-        sets = tuple(f"{k}={json.dumps(v)}" for k, v in row.get("set", {}).items())
-        out.append(SuiteRow(loss=row["loss"], label=row.get("label", row["loss"]), overrides=sets))
+        label = row.get("label", row["loss"])
+        sets = _sets(row.get("set", {}), f"{where}, row '{label}'")
+        out.append(SuiteRow(loss=row["loss"], label=label, overrides=sets))
     return tuple(out)
 
 
@@ -92,7 +103,8 @@ def load(bench: Bench, name: str) -> Suite:
     rows = _rows(bench, table.pop("rows", []), protocol, where)
     if not rows:
         raise DiscbenchError(f"{where}: no rows")
-    suite = build(Suite, table, where, name=name, rows=rows)
+    overrides = _sets(table.pop("set", {}), where)
+    suite = build(Suite, table, where, name=name, rows=rows, overrides=overrides)
     if suite.layout not in LAYOUTS:
         raise DiscbenchError(f"{where}: unknown layout '{suite.layout}'; valid: {', '.join(LAYOUTS)}")
     key = PROTOCOLS.get(suite.protocol).partner
@@ -100,12 +112,41 @@ def load(bench: Bench, name: str) -> Suite:
         need = f"one partner ({key}) per backbone" if key else "no partners"
         raise DiscbenchError(f"{where}: protocol '{suite.protocol}' needs {need}; got partners = "
                              f"{list(suite.partners)} for backbones = {list(suite.backbones)}")
+    for row in suite.rows:
+        check_row(bench, suite, row)
     return suite
+
+
+def defining(bench: Bench, method: str, protocol: str) -> dict[tuple[str, str], object]:
+    """What defines ``method`` under ``protocol``: its declared settings, and the protocol's KD weight (0) when its
+    plugin replaces that term. (section, key) -> value."""
+    m = bench.method(method)
+    if protocol not in m.protocols:
+        return {}
+    out = {(section, key): value for section, values in m.settings(protocol).items() for key, value in values.items()}
+    kd_field = PROTOCOLS.get(protocol).kd_field
+    if m.plugin and kd_field and LOSSES.get(m.plugin).replaces_kd:
+        out[("protocol", kd_field)] = 0.0
+    return out
+
+
+def check_row(bench: Bench, suite: Suite, row: SuiteRow) -> None:
+    """A row's settings (the suite's ``set``, then its own) neither restate nor change what defines its method."""
+    declared = defining(bench, row.loss, suite.protocol)
+    for item in (*suite.overrides, *row.overrides):
+        section, key, value = parse_override(item)
+        if (section, key) not in declared:
+            continue
+        was = declared[(section, key)]
+        what = "restates" if value == was else f"changes (declared: {was!r})"
+        raise DiscbenchError(f"suite '{suite.name}', row '{row.label}': {section}.{key} = {value!r} {what} what "
+                             f"defines method '{row.loss}' under protocol '{suite.protocol}'; drop it (a variant of a "
+                             f"method is another method: add one to [methods])")
 
 
 def configs(bench: Bench, suite: Suite, budget: str | None = None) -> list[RunConfig]:
     """Every (dataset, backbone, row) configuration of ``suite``, under ``budget`` or the suite's own."""
     key = PROTOCOLS.get(suite.protocol).partner
-    return [bench.resolve(row.loss, backbone, dataset, budget or suite.budget, suite.protocol, row.overrides,
-                          row.label, partner={key: partner} if partner else None)
+    return [bench.resolve(row.loss, backbone, dataset, budget or suite.budget, suite.protocol,
+                          (*suite.overrides, *row.overrides), row.label, partner={key: partner} if partner else None)
             for dataset in suite.datasets for backbone, partner in suite.columns() for row in suite.rows]

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Range, Tap
 from discbench.features import pooled
+from discbench.functional import at_least_fp32
 from discbench.registry import LOSSES
 
 
@@ -112,8 +113,8 @@ class Adversarial(Discrepancy):
         self.discriminator = nn.Sequential(nn.Linear(target.channels, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
 
     def forward(self, source: Tensor, target: Tensor, ctx: LossContext) -> LossOutput:
-        fake = reverse_gradient(self.projection(pooled(source).float()), self.reversal)  # (B, C_t)
-        real = pooled(target.detach()).float()  # (B, C_t)
+        fake = reverse_gradient(self.projection(at_least_fp32(pooled(source))), self.reversal)  # (B, C_t)
+        real = at_least_fp32(pooled(target.detach()))  # (B, C_t)
         fake_logits = self.discriminator(fake).squeeze(1)  # (B,)
         real_logits = self.discriminator(real).squeeze(1)  # (B,)
         loss = discriminator_loss(real_logits, fake_logits)

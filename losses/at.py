@@ -7,6 +7,7 @@ from torch import Tensor
 
 from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Range, Tap
 from discbench.features import match_spatial
+from discbench.functional import at_least_fp32
 from discbench.registry import LOSSES
 
 
@@ -18,7 +19,7 @@ def attention_map(feature: Tensor, p: float) -> Tensor:
 
     Shape: (B, C, H, W) -> (B, H*W).
     """
-    q = feature.float().abs().pow(p).mean(dim=1).flatten(1)  # (B, H*W)
+    q = at_least_fp32(feature).abs().pow(p).mean(dim=1).flatten(1)  # (B, H*W)
     return F.normalize(q, dim=1)
 
 

@@ -89,7 +89,6 @@ class CRD(Discrepancy):
     """
 
     name = "crd"
-    version = 2  # v2: computes in the input's dtype when wider than fp32 (v1 always cast to fp32); fp32 values equal
     tap = Tap.FEATURE
     pairing = Pairing.LAST
     detaches_target = True

@@ -37,6 +37,7 @@ class DML(KD):
     pairing = Pairing.LAST
     detaches_target = True
     protocols = frozenset({"online"})  # mutual learning needs a peer; in one network it would be KD with T = 1
+    replaces_kd = True  # DML's KL is the peers' only distillation term (inherited from KD; stated for the reader)
 
     ranges = {"temperature": Range(gt=0)}
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Tap
+from discbench.functional import at_least_fp32
 from discbench.registry import LOSSES
 
 
@@ -104,4 +105,4 @@ class FitNet(Discrepancy):
 
     def forward(self, source: Tensor, target: Tensor, ctx: LossContext) -> LossOutput:
         hint = self.regressor(source, tuple(target.shape[-2:]))  # (B, C_t, H_t, W_t)
-        return LossOutput(F.mse_loss(hint.float(), target.detach().float()))
+        return LossOutput(F.mse_loss(at_least_fp32(hint), at_least_fp32(target.detach())))

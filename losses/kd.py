@@ -13,13 +13,16 @@ from discbench.registry import LOSSES
 class KD(Discrepancy):
     """Hinton's KD between logits: ``kd_divergence(source, target.detach(), T)``, T = 4 (RepDistiller, mdistiller).
 
-    Source: the student's (or an exit's) logits; target: the teacher's (or the last exit's) logits, detached.
+    Source: the student's (or an exit's) logits; target: the teacher's (or the last exit's) logits, detached. It
+    replaces a protocol's own KD term (``replaces_kd``): offline, ``--loss kd`` is RepDistiller's ``--distill kd``
+    (0.1 CE + 0.9 KD, bench.toml ``[methods.kd]``), not the protocol's KD plus this one.
     """
 
     name = "kd"
     tap = Tap.LOGITS
     pairing = Pairing.LAST
     detaches_target = True
+    replaces_kd = True  # the protocol's own KD term is this one's: it is never counted twice
 
     ranges = {"temperature": Range(gt=0)}
 

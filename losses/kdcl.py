@@ -51,6 +51,7 @@ class KDCL(Discrepancy):
     pairing = Pairing.LAST
     detaches_target = True
     protocols = frozenset({"online"})  # an ensemble of peers needs peers
+    replaces_kd = True  # KDCL's distillation term stands in for the protocol's KD between the peers
 
     ranges = {"temperature": Range(gt=0)}
 

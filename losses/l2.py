@@ -6,6 +6,7 @@ from torch import Tensor
 
 from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Tap
 from discbench.features import pooled
+from discbench.functional import at_least_fp32
 from discbench.registry import LOSSES
 
 
@@ -31,5 +32,5 @@ class L2(Discrepancy):
         super().__init__(source, target)
 
     def forward(self, source: Tensor, target: Tensor, ctx: LossContext) -> LossOutput:
-        diff = pooled(source).float() - pooled(target).detach().float()
+        diff = at_least_fp32(pooled(source)) - at_least_fp32(pooled(target).detach())
         return LossOutput(diff.pow(2).sum(dim=1).mean())

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Range, Tap
 from discbench.features import match_spatial
+from discbench.functional import at_least_fp32
 from discbench.registry import LOSSES
 
 Kernel = Callable[[Tensor, Tensor], Tensor]
@@ -85,7 +86,7 @@ def channel_samples(feature: Tensor) -> Tensor:
 
     Shape: (B, C, H, W) -> (B, C, H*W).
     """
-    return F.normalize(feature.float().flatten(2), dim=2)
+    return F.normalize(at_least_fp32(feature).flatten(2), dim=2)
 
 
 class KernelMMD(Discrepancy):

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Pairing, Range, Tap
 from discbench.features import match_spatial
+from discbench.functional import at_least_fp32
 from discbench.registry import LOSSES
 
 
@@ -94,7 +95,7 @@ class VID(Discrepancy):
 
     def forward(self, source: Tensor, target: Tensor, ctx: LossContext) -> LossOutput:
         s, t = match_spatial(source, target.detach())
-        mean = self.regressor(s).float()  # (B, C_t, H, W)
+        mean = at_least_fp32(self.regressor(s))  # (B, C_t, H, W)
         variance = self.variance().view(1, -1, 1, 1)  # (1, C_t, 1, 1)
-        nll = 0.5 * ((mean - t.float()).pow(2) / variance + variance.log())
+        nll = 0.5 * ((mean - at_least_fp32(t)).pow(2) / variance + variance.log())
         return LossOutput(nll.mean(), {"sigma2": variance.detach().mean()})

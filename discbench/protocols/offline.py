@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from discbench.api import Backbone, Classifier, LossContext, Protocol, StepOutput, count_parameters
+from discbench.config import ProtocolConfig
 from discbench.errors import DiscbenchError
 from discbench.functional import kd_divergence
 from discbench.keys import Term
@@ -40,15 +41,17 @@ class OfflineDistillation(Protocol):
     BatchNorm statistics never move, as in mdistiller's ``Distiller.train``), no parameter requires grad, and its
     forward runs under ``torch.no_grad()``. (Not ``torch.inference_mode()``: its tensors cannot be saved for backward,
     and trainable heads that read the teacher's features, such as CRD's teacher embedding, must save them.) A run
-    without KD and without a loss (the "Baseline" row) never runs the teacher.
+    without KD and without a loss (the "Baseline" row) never runs the teacher, and needs none in the store.
     """
 
     name: ClassVar[str] = "offline"
     partner: ClassVar[str | None] = "teacher"
     needs_teacher: ClassVar[bool] = True
 
+    kd_field: ClassVar[str] = "kd_weight"
+
     @dataclass(frozen=True)
-    class Config:
+    class Config(ProtocolConfig):
         ce_weight: float = field(metadata=within(ge=0))
         kd_weight: float = field(metadata=within(ge=0))
         kd_temperature: float = field(metadata=within(gt=0))
@@ -60,21 +63,30 @@ class OfflineDistillation(Protocol):
     def is_baseline(cls, cfg: RunConfig) -> bool:
         return not cfg.loss.name and cfg.protocol.kd_weight == 0
 
+    @classmethod
+    def inert(cls, config: Config, loss: str) -> dict[str, str]:
+        return {"kd_temperature": "kd_weight = 0"} if config.kd_weight == 0 else {}
+
+    @classmethod
+    def uses_teacher(cls, cfg: RunConfig) -> bool:
+        return bool(cfg.loss.name) or cfg.protocol.kd_weight != 0
+
     def __init__(self, cfg: RunConfig, teacher: Backbone | None = None):
         super().__init__()
-        if teacher is None:
-            raise DiscbenchError("protocol 'offline' needs a teacher network (discbench.teachers.load_teacher)")
         self.cfg = cfg
         self.student = build_backbone(cfg)
-        self.teacher = frozen(teacher)
+        self.reads_teacher = self.uses_teacher(cfg)
+        if self.reads_teacher and teacher is None:
+            raise DiscbenchError("protocol 'offline' needs a teacher network (discbench.teachers.TeacherStore.load)")
+        self.teacher = frozen(teacher) if self.reads_teacher else None
         self.beta = cfg.loss.beta
-        self.uses_teacher = bool(cfg.loss.name) or cfg.protocol.kd_weight != 0
         self.discrepancies = (PairedDiscrepancies(cfg, self.student.feature_specs, teacher.feature_specs,
                                                   cfg.dataset.num_classes) if cfg.loss.name else None)
 
     def train(self, mode: bool = True) -> OfflineDistillation:
         super().train(mode)
-        self.teacher.eval()
+        if self.teacher is not None:
+            self.teacher.eval()
         return self
 
     def classifiers(self) -> list[Classifier]:
@@ -86,7 +98,7 @@ class OfflineDistillation(Protocol):
         ce = F.cross_entropy(student[0], y)
         terms = {Term("ce", "student"): ce}
         total = p.ce_weight * ce
-        if self.uses_teacher:
+        if self.reads_teacher:
             with torch.no_grad():
                 teacher = self.teacher(x)
             if p.kd_weight:
@@ -106,7 +118,7 @@ class OfflineDistillation(Protocol):
         c = self.classifiers()[0]
         return {
             "backbone_params": count_parameters(self.student),
-            "teacher_params": sum(p.numel() for p in self.teacher.parameters()),
+            "teacher_params": sum(p.numel() for p in self.teacher.parameters()) if self.teacher is not None else 0,
             "exit_params": 0,
             "loss_params": count_parameters(self.discrepancies) if self.discrepancies is not None else 0,
             "per_exit": classifier_costs(self.student, {c.exit: self.student.head}, [c], image_shape),

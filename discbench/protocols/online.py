@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from discbench.api import Backbone, Classifier, LossContext, Protocol, StepOutput, count_parameters
+from discbench.config import ProtocolConfig
 from discbench.functional import kd_divergence
 from discbench.keys import Term
 from discbench.protocols.base import PairedDiscrepancies, build_backbone, classifier_costs, network_classifier
@@ -39,8 +40,10 @@ class OnlineDistillation(Protocol):
     name: ClassVar[str] = "online"
     partner: ClassVar[str | None] = "peer"
 
+    kd_field: ClassVar[str] = "kd_weight"
+
     @dataclass(frozen=True)
-    class Config:
+    class Config(ProtocolConfig):
         kd_weight: float = field(metadata=within(ge=0))
         kd_temperature: float = field(metadata=within(gt=0))
         peer: str = ""  # backbone of net2; resolved to the run's backbone when empty
@@ -48,6 +51,10 @@ class OnlineDistillation(Protocol):
     @classmethod
     def is_baseline(cls, cfg: RunConfig) -> bool:
         return not cfg.loss.name and cfg.protocol.kd_weight == 0
+
+    @classmethod
+    def inert(cls, config: Config, loss: str) -> dict[str, str]:
+        return {"kd_temperature": "kd_weight = 0"} if config.kd_weight == 0 else {}
 
     def __init__(self, cfg: RunConfig, teacher: Backbone | None = None):
         super().__init__()

@@ -21,6 +21,7 @@ from discbench.api import (
     classifier_head,
     count_parameters,
 )
+from discbench.config import ProtocolConfig
 from discbench.errors import DiscbenchError
 from discbench.functional import kd_divergence
 from discbench.keys import Term
@@ -74,27 +75,38 @@ class ExitClassifier(nn.Module):
 class SelfDistillation(Protocol):
     """Self-distillation with exits after modules 1..T-1 (MUSE Fig. 1 and §4.1; BYOT).
 
-    loss = sum_{i<=T} w_i CE(exit_i, y) + kd_weight * sum_{i<T} KD(exit_i || exit_T) + beta * sum_{i<T} D(src_i, tgt)
+    loss = (1 - a) sum_{i<=T} w_i CE(exit_i, y) + a sum_{i<T} KD(exit_i || exit_T) + beta sum_{i<T} D(src_i, tgt)
 
-    with w_T = 1, w_i = ``exit_ce_weight`` for i < T, KD at ``kd_temperature`` scaled by T^2 with the last exit
-    detached (BYOT), and D the discrepancy plugin on the tap it declares: F_i -> F_T (``Tap.FEATURE``), exit
-    bottleneck output -> F_T (``Tap.EXIT``) or exit logits -> last logits (``Tap.LOGITS``). With ``exits = false``
-    it is the plain network with its one classifier (the papers' "Baseline"). The plugin's ``pairing`` is not used:
-    one network always pairs module i with module T.
+    BYOT's objective (Zhang et al., ICCV 2019, §3.2; its ``train.py`` weighs every cross-entropy by 1 - alpha and
+    every KD term by alpha): a = ``kd_weight`` (alpha, 0.1), w_T = 1, w_i = ``exit_ce_weight`` for i < T (a switch
+    for MUSE Table 5's rows without CE at the exits), KD at ``kd_temperature`` (3) scaled by T^2 with the last exit
+    detached, and D the discrepancy plugin on the tap it declares: F_i -> F_T (``Tap.FEATURE``), exit bottleneck
+    output -> F_T (``Tap.EXIT``) or exit logits -> last logits (``Tap.LOGITS``). Without KD (a = 0) the
+    cross-entropies weigh 1. With ``exits = false`` it is the plain network with its one classifier and loss
+    CE(exit_T, y) (the papers' "Baseline"). The plugin's ``pairing`` is not used: one network always pairs module i
+    with module T.
     """
 
     name: ClassVar[str] = "self"
 
+    kd_field: ClassVar[str] = "kd_weight"
+
     @dataclass(frozen=True)
-    class Config:
+    class Config(ProtocolConfig):
         exits: bool
         exit_ce_weight: float = field(metadata=within(ge=0))
-        kd_weight: float = field(metadata=within(ge=0))
+        kd_weight: float = field(metadata=within(ge=0, lt=1))  # BYOT's alpha: CE terms weigh 1 - alpha
         kd_temperature: float = field(metadata=within(gt=0))
 
     @classmethod
     def is_baseline(cls, cfg: RunConfig) -> bool:
         return not cfg.protocol.exits and not cfg.loss.name
+
+    @classmethod
+    def inert(cls, config: Config, loss: str) -> dict[str, str]:
+        if not config.exits:
+            return dict.fromkeys(("exit_ce_weight", "kd_weight", "kd_temperature"), "exits = false")
+        return {"kd_temperature": "kd_weight = 0"} if config.kd_weight == 0 else {}
 
     def __init__(self, cfg: RunConfig, teacher: Backbone | None = None):
         super().__init__()
@@ -132,7 +144,8 @@ class SelfDistillation(Protocol):
         logits, features = self.net(x)
         ce = F.cross_entropy(logits, y)
         terms = {Term("ce", module=T): ce}
-        total = ce
+        ce_weight = 1 - p.kd_weight if self.exits else 1.0  # BYOT: (1 - alpha) on every cross-entropy
+        total = ce_weight * ce
         exit_features, exit_logits = [], []
         for i, (branch, feature) in enumerate(zip(self.exits, features, strict=False), start=1):
             feat_i, logits_i = branch(feature)
@@ -141,7 +154,7 @@ class SelfDistillation(Protocol):
             ce_i = F.cross_entropy(logits_i, y)
             kd_i = kd_divergence(logits_i, logits.detach(), p.kd_temperature)
             terms[Term("ce", module=i)], terms[Term("kd", module=i)] = ce_i, kd_i
-            total = total + p.exit_ce_weight * ce_i + p.kd_weight * kd_i
+            total = total + ce_weight * p.exit_ce_weight * ce_i + p.kd_weight * kd_i
         if self.discrepancies:
             tap = type(self.discrepancies[0]).tap
             sources, target = {
