@@ -156,7 +156,7 @@ def run_seeds(ws: Workspace, cfg: RunConfig, seeds: Iterable[int]) -> list[Path]
     """
     opts, dist = ws.options, ws.dist
     teacher = None
-    if PROTOCOLS.get(cfg.protocol_name).needs_teacher:
+    if PROTOCOLS.get(cfg.protocol_name).uses_teacher(cfg):  # an offline baseline never reads its teacher
         cfg = ws.teachers.attach(ws.bench, cfg)
         teacher = ws.teachers.load(cfg, ws.device)
     written, checked, failures = [], False, []
@@ -305,7 +305,7 @@ def prepare(ws: Workspace, configs: list[RunConfig], seeds: int) -> None:
     backbone here, and against its real teacher again before its first seed), then every teacher the sweep needs and
     the store lacks is trained."""
     needed = {cfg.request_hash: cfg for cfg, _ in pending(ws, configs, seeds)}
-    offline = [c for c in configs if PROTOCOLS.get(c.protocol_name).needs_teacher]
+    offline = [c for c in configs if PROTOCOLS.get(c.protocol_name).uses_teacher(c)]
     for cfg in {**{c.request_hash: c for c in offline}, **needed}.values():
         preflight(cfg)
     wanted = {(c.protocol.teacher, c.dataset.name, c.protocol.teacher_budget or c.budget, c.protocol.teacher_seed)
