@@ -227,6 +227,7 @@ class Protocol(nn.Module):
     ``parameters()`` is everything the optimizer trains. It implements
 
     - ``forward(x, y, ctx) -> StepOutput``: the weighted total and the unweighted named terms;
+    - ``networks() -> {role: module}``: the trained networks (their initial weights are the run's fingerprint);
     - ``classifiers() -> [Classifier]`` and ``predict(x) -> {classifier key: logits}``: every evaluated classifier;
     - ``cost(image_shape) -> dict``: parameters and FLOPs per classifier, the losses' extra parameters;
     - ``train(mode)``: a frozen teacher stays in eval mode whatever the loop asks.
@@ -259,6 +260,11 @@ class Protocol(nn.Module):
         """Whether a run of ``cfg`` reads its teacher (protocols with ``needs_teacher``); a run that never does
         trains without one in the store."""
         return cls.needs_teacher
+
+    def networks(self) -> dict[str, nn.Module]:  # pragma: no cover
+        """The trained networks by role (``net``; ``net1``, ``net2``; ``student``): what a record fingerprints as
+        the run's starting point."""
+        raise NotImplementedError
 
     def classifiers(self) -> list[Classifier]:  # pragma: no cover
         raise NotImplementedError

@@ -269,6 +269,7 @@ class Position:
     resumed: list[dict[str, Any]] = field(default_factory=list)  # where each resume started (record: timing)
     history: TermHistory | None = None  # the record's term history
     critics: set[str] = field(default_factory=set)  # MI critic implementations that ran (record: runtime)
+    fingerprints: dict[str, Any] = field(default_factory=dict)  # what the run started from (discbench.seeding)
 
     def end_epoch(self, record: dict[str, Any]) -> None:
         self.epochs.append(record)
@@ -288,7 +289,7 @@ def snapshot(cfg, seed: int, pos: Position, system: nn.Module, optimizer, schedu
         "sums": cpu(pos.sums), "keys": [t.to_dict() for t in pos.keys], "epochs": pos.epochs,
         "train_seconds": pos.train_seconds,
         "resumed": pos.resumed, "history": pos.history.state() if pos.history is not None else None,
-        "critics": sorted(pos.critics), "system": system.state_dict(), "optimizer": optimizer.state_dict(),
+        "critics": sorted(pos.critics), "fingerprints": pos.fingerprints, "system": system.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "rng": rng_state(generator), "saved_at": time.time(),
     }
 
@@ -308,6 +309,6 @@ def restore(state: dict[str, Any], system: nn.Module, optimizer, scheduler, gene
                    epochs=list(state["epochs"]),
                    train_seconds=state["train_seconds"], resumed=list(state["resumed"]),
                    history=TermHistory.from_state(state["history"], device) if state.get("history") else None,
-                   critics=set(state.get("critics", ())))
+                   critics=set(state.get("critics", ())), fingerprints=dict(state.get("fingerprints", {})))
     pos.resumed.append({"epoch": pos.epoch, "epoch_step": pos.epoch_step, "step": pos.step})
     return pos

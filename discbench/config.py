@@ -30,6 +30,10 @@ from discbench.registry import BACKBONES, LOSSES, PROTOCOLS, unknown_name_messag
 from discbench.typed import build, check_ranges, coerce, out_of_range, type_of_default, unknown_key_message
 
 SECTIONS = ("dataset", "recipe", "protocol", "loss", "runtime")
+# The harness's numerics version, part of every configuration hash: bump it whenever one configuration could train to
+# different numbers (the loop, a protocol's objective, the seeding), as a plugin bumps its own ``version``.
+# 2: BYOT's (1 - alpha) on the exits' cross-entropies; one random stream per source of randomness (discbench.seeding).
+HARNESS_VERSION = 2
 DEFAULTS = Path(__file__).with_name("bench.toml")  # discbench's defaults, package data
 
 
@@ -148,6 +152,7 @@ class RunConfig:
         payload = self.to_dict()
         payload.pop("label")
         payload.pop("notes", None)
+        payload["harness"] = HARNESS_VERSION
         return payload
 
     @staticmethod

@@ -94,6 +94,7 @@ class RunRecord:
     hardware: dict[str, Any] | None = None  # CPU model and vector extensions, GPU, driver, CUDA, threads (``hardware``)
     term_history: dict[str, Any] | None = None  # {"every", "steps", "terms": {term key: [window means]}} (train.py)
     terms: tuple[Term, ...] = ()  # the typed name of every term key above, in the loop's order
+    fingerprints: dict[str, Any] | None = None  # {"init": {network: hash}, "data": hash} (discbench.seeding)
     schema: int = SCHEMA_VERSION
 
     def top1(self, classifier: Classifier) -> float:
@@ -181,7 +182,7 @@ def loss_source(cfg: RunConfig) -> dict[str, Any]:
 
 def new_record(cfg: RunConfig, seed: int, epochs: list[dict], classifiers: list[Classifier], terms: list[Term],
                runtime: dict, cost: dict, timing: dict, teacher: dict | None = None,
-               term_history: dict | None = None) -> RunRecord:
+               term_history: dict | None = None, fingerprints: dict | None = None) -> RunRecord:
     """Assemble a run record from the training loop's results (``epochs``' terms are keyed by ``Term.key``)."""
     from discbench.machine import hardware, provenance
     from discbench.registry import PROTOCOLS
@@ -219,6 +220,7 @@ def new_record(cfg: RunConfig, seed: int, epochs: list[dict], classifiers: list[
         hardware=hardware(runtime["device"]),
         term_history=term_history,
         terms=tuple(terms),
+        fingerprints=fingerprints,
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import signal
 import sys
 import time
@@ -22,6 +21,7 @@ import click
 import torch
 from torch import Tensor
 
+from discbench import seeding
 from discbench.api import LossContext, Protocol
 from discbench.checkpoint import CheckpointPlan, Position, Preempted, TermHistory, restore, snapshot, stop_requested
 from discbench.config import RunConfig
@@ -37,9 +37,8 @@ if TYPE_CHECKING:
     from discbench.teachers import Teacher
 
 
-def seed_everything(seed: int, device: torch.device) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
+def deterministic(device: torch.device) -> None:
+    """Bit-identical repeats on the CPU (``torch.use_deterministic_algorithms``)."""
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
 
@@ -128,11 +127,14 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
     """
     started = time.time()
     dist = dist or Distributed()
-    seed_everything(seed, device)
+    deterministic(device)
     reset_peak_memory(device)
     r = cfg.recipe
     runtime = {**effective_runtime(cfg, device), **dist.runtime(r.batch_size)}
-    system = PROTOCOLS.get(cfg.protocol_name)(cfg, teacher=teacher.network if teacher else None).to(device)
+    with seeding.run_seed(seed):  # networks, exits and plugin heads each from their own stream
+        system = PROTOCOLS.get(cfg.protocol_name)(cfg, teacher=teacher.network if teacher else None)
+    init_prints = {role: seeding.fingerprint(net.state_dict().values()) for role, net in system.networks().items()}
+    system = system.to(device)
     if runtime["channels_last"]:
         system = system.to(memory_format=torch.channels_last)
     image_shape = (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
@@ -146,7 +148,8 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
     optimizer = torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay,
                                 nesterov=r.nesterov)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(r.milestones), gamma=r.gamma)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = seeding.generator(seed, "data", device)  # the epochs' order and the augmentation
+    seeding.seed_global(seed, "loss")  # every other draw of the steps (sampling inside losses)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if runtime["amp_bf16"] else contextlib.nullcontext())
 
     steps_per_epoch = data.steps_per_epoch(r.batch_size)
@@ -154,7 +157,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
         raise DiscbenchError(f"batch size {r.batch_size} exceeds the {data.num_train} training samples; lower "
                              f"recipe.batch_size or raise recipe.train_subset")
     critic_impl = describe_impl(device)  # the implementation, with the reason when a CUDA device cannot run Triton
-    pos = Position(history=TermHistory(steps_per_epoch * r.epochs))
+    pos = Position(history=TermHistory(steps_per_epoch * r.epochs), fingerprints={"init": init_prints})
     if checkpoint is not None:
         state = dist.broadcast(checkpoint.load(cfg.hash, seed) if dist.is_main else None)
         if state is not None:
@@ -171,6 +174,8 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
         epoch_start = segment_start = time.time()
         if pos.order is None:
             pos.order = data.epoch_order(generator)
+            if epoch == 0:
+                pos.fingerprints["data"] = seeding.fingerprint([pos.order])
         bar = click.progressbar(length=steps_per_epoch, label=f"{cfg.label} | {cfg.backbone} | seed {seed} | "
                                 f"epoch {epoch + 1}/{r.epochs}", hidden=not (progress and dist.is_main),
                                 file=sys.stderr, show_pos=True, item_show_func=show_running_means)
@@ -232,5 +237,6 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
                 "images_per_second": images / pos.train_seconds, "steps_per_second": pos.step / pos.train_seconds,
                 "resumed": pos.resumed},
         teacher=teacher.summary() if teacher else None, term_history=pos.history.to_dict(),
+        fingerprints=pos.fingerprints,
     ) if dist.is_main else None
     return TrainedRun(record, system)

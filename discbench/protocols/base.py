@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from discbench import seeding
 from discbench.api import Backbone, Classifier, Discrepancy, FeatureSpec, LossContext, Tap
 from discbench.errors import DiscbenchError
 from discbench.keys import Term
@@ -18,14 +19,19 @@ if TYPE_CHECKING:
     from discbench.config import RunConfig
 
 
-def build_backbone(cfg: RunConfig, name: str | None = None) -> Backbone:
-    """The backbone ``name`` (default: the run's) for the run's dataset (input channels, classes, image size)."""
+def build_backbone(cfg: RunConfig, name: str | None = None, role: str = "net") -> Backbone:
+    """The backbone ``name`` (default: the run's) for the run's dataset (input channels, classes, image size),
+    initialised from the run's ``init.<role>`` random stream (``discbench.seeding``): the network of role ``net``
+    starts from the same weights in every row of a table, whatever else the row builds."""
     ds = cfg.dataset
-    return BACKBONES.get(name or cfg.backbone)(in_channels=ds.channels, num_classes=ds.num_classes,
-                                               image_size=ds.image_size)
+    with seeding.stream(f"init.{role}"):
+        return BACKBONES.get(name or cfg.backbone)(in_channels=ds.channels, num_classes=ds.num_classes,
+                                                   image_size=ds.image_size)
 
 
 def build_discrepancy(cfg: RunConfig, source: FeatureSpec, target: FeatureSpec) -> Discrepancy:
+    """One plugin of the run's loss (its heads draw from the ``init.loss`` stream when built inside
+    ``seeding.stream``)."""
     return LOSSES.get(cfg.loss.name)(source, target, **cfg.loss.hparams)
 
 
@@ -40,10 +46,11 @@ class PairedDiscrepancies(nn.Module):
         cfg: the run (its loss and hyper-parameters).
         source, target: the feature specs of the trained network and of the target network (same module count).
         num_classes: length of the logit vectors.
+        network: the trained network's role (its plugins' heads draw from the ``init.loss.<network>`` stream).
     """
 
     def __init__(self, cfg: RunConfig, source: tuple[FeatureSpec, ...], target: tuple[FeatureSpec, ...],
-                 num_classes: int):
+                 num_classes: int, network: str):
         super().__init__()
         cls = LOSSES.get(cfg.loss.name)
         if len(source) != len(target):
@@ -57,11 +64,12 @@ class PairedDiscrepancies(nn.Module):
         t = len(source)
         self.pairs = [(t, t)] if cls.tap is Tap.LOGITS else cls.pairing.pairs(t)
         vector = FeatureSpec(num_classes, 0)
-        self.plugins = nn.ModuleList(
-            build_discrepancy(cfg, vector, vector) if cls.tap is Tap.LOGITS
-            else build_discrepancy(cfg, source[i - 1], target[j - 1])
-            for i, j in self.pairs
-        )
+        with seeding.stream(f"init.loss.{network}"):
+            self.plugins = nn.ModuleList(
+                build_discrepancy(cfg, vector, vector) if cls.tap is Tap.LOGITS
+                else build_discrepancy(cfg, source[i - 1], target[j - 1])
+                for i, j in self.pairs
+            )
 
     def forward(self, source: tuple[Tensor, list[Tensor]], target: tuple[Tensor, list[Tensor]], ctx: LossContext,
                 network: str) -> tuple[Tensor, dict[Term, Tensor]]:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from discbench.api import Backbone, Classifier, LossContext, Protocol, StepOutput, count_parameters
 from discbench.config import ProtocolConfig
@@ -74,20 +74,23 @@ class OfflineDistillation(Protocol):
     def __init__(self, cfg: RunConfig, teacher: Backbone | None = None):
         super().__init__()
         self.cfg = cfg
-        self.student = build_backbone(cfg)
+        self.student = build_backbone(cfg, role="student")
         self.reads_teacher = self.uses_teacher(cfg)
         if self.reads_teacher and teacher is None:
             raise DiscbenchError("protocol 'offline' needs a teacher network (discbench.teachers.TeacherStore.load)")
         self.teacher = frozen(teacher) if self.reads_teacher else None
         self.beta = cfg.loss.beta
         self.discrepancies = (PairedDiscrepancies(cfg, self.student.feature_specs, teacher.feature_specs,
-                                                  cfg.dataset.num_classes) if cfg.loss.name else None)
+                                                  cfg.dataset.num_classes, "student") if cfg.loss.name else None)
 
     def train(self, mode: bool = True) -> OfflineDistillation:
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
         return self
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"student": self.student}
 
     def classifiers(self) -> list[Classifier]:
         return [network_classifier(self.student, "student", self.cfg.backbone)]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from discbench.api import Backbone, Classifier, LossContext, Protocol, StepOutput, count_parameters
 from discbench.config import ProtocolConfig
@@ -60,15 +60,18 @@ class OnlineDistillation(Protocol):
         super().__init__()
         self.cfg = cfg
         self.names = {"net1": cfg.backbone, "net2": cfg.protocol.peer}
-        self.net1 = build_backbone(cfg)
-        self.net2 = build_backbone(cfg, cfg.protocol.peer)
+        self.net1 = build_backbone(cfg, role="net1")
+        self.net2 = build_backbone(cfg, cfg.protocol.peer, role="net2")
         self.beta = cfg.loss.beta
         self.discrepancies = torch.nn.ModuleDict()
         if cfg.loss.name:
             k = cfg.dataset.num_classes
             s1, s2 = self.net1.feature_specs, self.net2.feature_specs
-            self.discrepancies["net1"] = PairedDiscrepancies(cfg, s1, s2, k)  # net1 taught by net2
-            self.discrepancies["net2"] = PairedDiscrepancies(cfg, s2, s1, k)  # net2 taught by net1
+            self.discrepancies["net1"] = PairedDiscrepancies(cfg, s1, s2, k, "net1")  # net1 taught by net2
+            self.discrepancies["net2"] = PairedDiscrepancies(cfg, s2, s1, k, "net2")  # net2 taught by net1
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"net1": self.net1, "net2": self.net2}
 
     def classifiers(self) -> list[Classifier]:
         return [network_classifier(self.net1, "net1", self.names["net1"]),

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from discbench import seeding
 from discbench.api import (
     Backbone,
     Classifier,
@@ -116,7 +117,8 @@ class SelfDistillation(Protocol):
         specs = self.net.feature_specs
         last = specs[-1]
         num_classes = cfg.dataset.num_classes
-        self.exits = nn.ModuleList([ExitBranch(s, last, num_classes) for s in specs[:-1]] if p.exits else [])
+        with seeding.stream("init.exits"):
+            self.exits = nn.ModuleList([ExitBranch(s, last, num_classes) for s in specs[:-1]] if p.exits else [])
         self.discrepancies = nn.ModuleList()
         self.beta = cfg.loss.beta
         if cfg.loss.name:
@@ -127,7 +129,11 @@ class SelfDistillation(Protocol):
             source_spec = {Tap.FEATURE: lambda s: s, Tap.EXIT: lambda s: last,
                            Tap.LOGITS: lambda s: FeatureSpec(num_classes, 0)}[tap]
             target_spec = source_spec(last)
-            self.discrepancies.extend(build_discrepancy(cfg, source_spec(s), target_spec) for s in specs[:-1])
+            with seeding.stream("init.loss"):
+                self.discrepancies.extend(build_discrepancy(cfg, source_spec(s), target_spec) for s in specs[:-1])
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"net": self.net}
 
     @property
     def num_modules(self) -> int:
