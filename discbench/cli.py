@@ -228,8 +228,11 @@ def sweep(suite, budget, seeds, out, launcher, workers, partition, time_limit, g
 @click.option("--check", is_flag=True, help=f"Write nothing; exit 1 with a diff when {PUBLISHED} is not what the "
                                             f"published leaderboard renders to (with --out FILE and --suite: that "
                                             f"file and those suites).")
+@click.option("--mix-environments", "mix", is_flag=True,
+              help="Let a table hold records of several environments (machine, threads, torch, commit); the mixed "
+                   "cells are marked. By default such a table is refused.")
 @config_option
-def leaderboard(results_dirs, budget, suites, out, figures, published, check, config_path):
+def leaderboard(results_dirs, budget, suites, out, figures, published, check, mix, config_path):
     """Render records under --results-dir as markdown tables (all of them, or --suite's) on stdout, and into --out.
 
     Without --suite the tables come from the records alone (no plugin, no torch); --suite resolves the suites'
@@ -244,7 +247,8 @@ def leaderboard(results_dirs, budget, suites, out, figures, published, check, co
         out, figures = out or PUBLISHED, True
     results_dirs = results_dirs or (str(DEFAULT_RESULTS_DIR),)
     draw_into = Path(out).parent / "figures" if figures and out and not check else None
-    text = render(results_dirs, suites, budget, config_path, echo=_note, figures=figures, draw_into=draw_into)
+    text = render(results_dirs, suites, budget, config_path, echo=_note, figures=figures, draw_into=draw_into,
+                  mix=mix)
     if check:
         sys.exit(_check_stale(Path(out or PUBLISHED), text + "\n"))
     if out:
@@ -278,8 +282,9 @@ def _check_stale(path: Path, text: str) -> int:
 @click.option("--suite", "suites", multiple=True, help="Publish these suites' tables (default: every record).")
 @click.option("--budget", default=None, help="Only records of this budget (with --suite: the suites' budget).")
 @click.option("--published", is_flag=True, help=f"The published leaderboard's suites, from {PUBLISHED_RESULTS}.")
+@click.option("--mix-environments", "mix", is_flag=True, help="As for leaderboard.")
 @config_option
-def publish(results_dirs, out_dir, suites, budget, published, config_path):
+def publish(results_dirs, out_dir, suites, budget, published, mix, config_path):
     """Write a static site from the records: LEADERBOARD.md, index.html (sortable, filterable, each cell linked to
     its run records), figures/ (PNG and SVG) and records/ (the run records behind the cells)."""
     from discbench.config import Bench
@@ -289,7 +294,7 @@ def publish(results_dirs, out_dir, suites, budget, published, config_path):
         suites = suites or Bench.load(config_path).published_suites()
         results_dirs = results_dirs or (str(PUBLISHED_RESULTS),)
     for path in write_site(results_dirs or (str(DEFAULT_RESULTS_DIR),), out_dir, suites, budget, config_path,
-                           echo=_note):
+                           echo=_note, mix=mix):
         click.echo(f"wrote {path}", err=True)
 
 

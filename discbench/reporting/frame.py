@@ -37,6 +37,25 @@ def device_key(r: RunRecord) -> str:
     return f"{name}, {threads} threads, {r.provenance.get('platform', 'unknown platform')} (CPU model not recorded)"
 
 
+def environment_key(r: RunRecord) -> str:
+    """The environment a record ran in: the machine (``device_key``: CPU model or GPU, torch's threads), the torch
+    version and the code (the git commit, ``-dirty`` when the checkout had changes; the discbench version without
+    git). Rows of one table are compared only within one environment."""
+    code = r.provenance.get("git_commit")
+    code = f"commit {code[:12]}{'-dirty' if code.endswith('-dirty') else ''}" if code else \
+        f"discbench {r.provenance.get('discbench', '?')} (no git commit)"
+    return f"{device_key(r)}; torch {r.provenance.get('torch', '?')}; {code}"
+
+
+def pairing_key(r: RunRecord) -> tuple | None:
+    """What seed k of a run started from (``discbench.seeding``: each network's initial weights and the first
+    epoch's order); two runs with equal keys are paired. None for records without fingerprints."""
+    f = r.fingerprints or {}
+    if not f.get("init") or not f.get("data"):
+        return None
+    return tuple(sorted(f["init"].items())), f["data"]
+
+
 def plugin_source(loss: dict) -> str:
     """``my-plugins 0.2.0`` for a loss from a third-party package, "" for a built-in, a baseline or a record written
     before records named the package (the plugin's own ``version`` is part of the configuration hash already)."""
@@ -67,6 +86,7 @@ def runs_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
             "steps_per_second": steps_per_second, "step_ms": 1000.0 / steps_per_second, "device": device_key(r),
             "peak_bytes": peak.get("bytes"), "peak_kind": peak.get("kind"),
             "teacher_top1": r.teacher["top1"] if r.teacher else None,
+            "environment": environment_key(r), "pairing": pairing_key(r),
             "top1": {(c.network, c.exit): r.top1(c) for c in r.classifiers},
             "last": {net: r.last_top1(net) for net in r.networks},
             "first_last": r.last_top1(r.networks[0]), "primary": primary(r), "record": r,

@@ -175,7 +175,7 @@ LEGEND = ("Δ: difference of means to the baseline row of the same table and col
 
 
 def publish(results_dirs: Iterable, out_dir: Path, suites=(), budget: str | None = None, config_path=None,
-            echo=None) -> list[Path]:
+            echo=None, mix: bool = False) -> list[Path]:
     """Write the site into ``out_dir``; the paths written (the markdown, the page, the figures).
 
     A record inside ``out_dir`` (e.g. ``--out results`` over ``results/runs``) is linked where it lies; the others
@@ -193,7 +193,7 @@ def publish(results_dirs: Iterable, out_dir: Path, suites=(), budget: str | None
     for line in found.messages():
         if echo:
             echo(line)
-    parts = sections(found.records, suites, budget, config_path)
+    parts = sections(found.records, suites, budget, config_path, mix)
     figures_dir = out_dir / "figures"
     if figures_dir.exists():
         shutil.rmtree(figures_dir)

@@ -21,29 +21,66 @@ from discbench.records import RunRecord
 from discbench.reporting import frame as fr
 from discbench.reporting import tables
 from discbench.reporting.frame import GROUP
+from discbench.reporting.stats import MARK
 
 if TYPE_CHECKING:
     from discbench.config import RunConfig
     from discbench.suites import Suite
 
 
+MIXED = "‡"  # a cell whose seeds ran in more than one environment (only with --mix-environments)
+
+
 def entry_text(entry: tables.Entry) -> str:
-    """``**78.75 ± 0.31 (n=3)** · Δ +1.32 [+0.52, +2.12]†``: the cells (bold when best), then the Δ."""
-    text = " / ".join(c.text() for c in entry.cells)
+    """``**78.75 ± 0.31 (n=3)** · Δ +1.32 [+0.52, +2.12]† · paired [+0.90, +1.74]†``: the cells (bold when best;
+    ‡ when their seeds ran in several environments), then the Δ, Welch's and the paired one."""
+    text = " / ".join(c.text() + (MIXED if c.mixed else "") for c in entry.cells)
     text = f"**{text}**" if entry.best else text
-    return text + (f" · {entry.delta.short()}" if entry.delta is not None else "")
+    if entry.delta is not None:
+        text += f" · {entry.delta.short()}"
+    if entry.paired is not None and entry.paired.has_interval:
+        p = entry.paired
+        text += f" · paired [{p.low:+.2f}, {p.high:+.2f}]" + (MARK if p.significant else "")
+    return text
+
+
+def power_text(power: tables.Power | None) -> str:
+    """What the table could have detected (a line under it)."""
+    if power is None:
+        return "Power: no row has two seeds, so no seed spread and no detectable difference."
+    text = (f"Power: seed σ pooled over the cells {power.sigma:.2f} pp ({power.dof} degrees of freedom); at n = "
+            f"{power.n} seeds per row a difference of {power.detectable:.2f} pp is detected with 80 % power "
+            f"(two-sided 5 %, statsmodels TTestIndPower); a 0.5 pp difference needs {power.seeds_for_half:.0f} seeds "
+            f"per row.")
+    if power.delta_cells:
+        text += (f" Paired intervals: {power.paired_cells} of {power.delta_cells} Δ cells" +
+                 (f", on average {power.narrower:.1f}× narrower than Welch's." if power.paired_cells else "."))
+    return text
 
 
 def table_text(table: tables.Table | None) -> str:
-    """A table, its legend and its notes."""
+    """A table, its legend, what it could have detected, and its notes."""
     if table is None:
         return "_No runs with exits._"
     headers = ([table.group_header] if table.group_header else []) + ["Method"] + [c.header for c in table.columns]
     headers += list(table.tail_headers)
     body = [([row.group] if table.group_header else []) + [row.label] + [entry_text(e) for e in row.entries]
             + list(row.tail) for row in table.rows]
-    return "\n".join([tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True), "", table.legend,
-                      *([""] + list(table.notes) if table.notes else [])])
+    return "\n".join([tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True), "", table.legend, "",
+                      power_text(table.power), *([""] + list(table.notes) if table.notes else [])])
+
+
+def environments_text(df: pd.DataFrame, mix: bool, where: str) -> str:
+    """The environment line of a group of runs; more than one environment is refused unless ``mix``."""
+    envs = list(dict.fromkeys(df["environment"]))
+    if len(envs) > 1 and not mix:
+        raise DiscbenchError(f"the table {where} would mix {len(envs)} environments ({' | '.join(envs)}); train its "
+                             f"rows in one environment (machine, threads, torch, commit), or pass --mix-environments "
+                             f"to show them together with the mixed cells marked {MIXED}")
+    if len(envs) == 1:
+        return f"Environment: {envs[0]}."
+    return (f"Environments ({MIXED} marks a cell whose seeds ran in several; its Δ compares across them): "
+            + "; ".join(f"[{i}] {e}" for i, e in enumerate(envs, 1)) + ".")
 
 
 COST_LEGEND = ("Step: training step time (train seconds / steps, evaluation excluded), mean over seeds; relative to "
@@ -66,14 +103,17 @@ def cost_text(cost: tables.CostTable) -> str:
 
 
 def render(records: Iterable[RunRecord], budget: str | None = None, title: str = "discbench leaderboard",
-           order: Iterable[str] = (), across: bool = True) -> str:
-    """The markdown leaderboard of ``records`` (only ``budget`` if given; rows in ``order`` first, e.g. a suite's)."""
+           order: Iterable[str] = (), across: bool = True, mix: bool = False) -> str:
+    """The markdown leaderboard of ``records`` (only ``budget`` if given; rows in ``order`` first, e.g. a suite's).
+    A table's records must come from one environment, unless ``mix``."""
     df = fr.frame(records, order, budget)
     parts = [f"# {title}", "",
              "Top-1 accuracy (%) on the test split at the last epoch, mean ± sample std over seeds (n = seeds). "
              "Generated by `discbench leaderboard` from the run records; do not edit by hand.", ""]
     for (dataset, budget_, protocol), sub in df.groupby(GROUP, sort=True):
-        parts += [f"## {dataset} · budget `{budget_}` · protocol `{protocol}`", ""]
+        where = f"{dataset} · budget {budget_} · protocol {protocol}"
+        parts += [f"## {dataset} · budget `{budget_}` · protocol `{protocol}`", "",
+                  environments_text(sub, mix, where), ""]
         if sub["partner"].notna().any():
             parts += ["### Network pairs (MUSE Table 7 layout)", "", table_text(tables.pairs(sub)), ""]
         else:
@@ -158,7 +198,7 @@ def missing_runs(configs: list[RunConfig], seeds: int, records: Iterable[RunReco
 
 
 def render_suite(suite: Suite, configs: list[RunConfig], seeds: int, records: Iterable[RunRecord],
-                 across: bool = False) -> str:
+                 across: bool = False, mix: bool = False) -> str:
     """The tables of one suite: its configurations' records for seeds 0..seeds-1, under the suite's row labels, in
     the suite's order; runs without a record are listed under the tables (a suite with none says so)."""
     records = list(records)
@@ -174,20 +214,22 @@ def render_suite(suite: Suite, configs: list[RunConfig], seeds: int, records: It
         text = render_compression(sorted(mine, key=lambda r: order.get(r.label, len(order))),
                                   title=f"suite `{suite.name}`")
     else:
-        text = render(mine, title=f"suite `{suite.name}`", order=[row.label for row in suite.rows], across=across)
+        text = render(mine, title=f"suite `{suite.name}`", order=[row.label for row in suite.rows], across=across,
+                      mix=mix)
     if missing:
         text += "\n".join(["", "Runs without a record (not in the tables):", "", *(f"- {m}" for m in missing), ""])
     return text
 
 
-def sections(records: list[RunRecord], suites=(), budget: str | None = None, config_path=None) -> list[tuple]:
+def sections(records: list[RunRecord], suites=(), budget: str | None = None, config_path=None,
+             mix: bool = False) -> list[tuple]:
     """(name, markdown, records) per suite (records relabelled with the suite's rows), or one section of every record
     (name ``all``) without suites."""
     if not suites:
         if not records:
             raise DiscbenchError("no valid run records found; run 'discbench run' or 'discbench sweep' first")
         chosen = [r for r in records if budget is None or r.budget == budget]
-        return [("all", render(records, budget=budget), chosen)]
+        return [("all", render(records, budget=budget, mix=mix), chosen)]
     from discbench import suites as suite_defs
     from discbench.config import Bench
 
@@ -196,7 +238,8 @@ def sections(records: list[RunRecord], suites=(), budget: str | None = None, con
     for name in suites:
         s = suite_defs.load(bench, name)
         configs = suite_defs.configs(bench, s, budget)
-        out.append((name, render_suite(s, configs, s.seeds, records), suite_records(s, configs, s.seeds, records)))
+        out.append((name, render_suite(s, configs, s.seeds, records, mix=mix),
+                    suite_records(s, configs, s.seeds, records)))
     return out
 
 
@@ -210,14 +253,14 @@ def combine(parts: list[tuple]) -> str:
 
 
 def leaderboard(results_dirs, suites=(), budget: str | None = None, config_path=None, echo=None,
-                figures: bool = False, draw_into=None) -> str:
+                figures: bool = False, draw_into=None, mix: bool = False) -> str:
     """What ``discbench leaderboard`` prints: every record's tables, or the tables of ``suites`` followed by the
     across-protocols section over their records; with ``figures`` a Figures section that links
     ``figures/<name>.png`` beside the markdown (drawn into ``draw_into`` when given, else only linked)."""
     from discbench.records import load
     from discbench.reporting.figures import section
 
-    parts = sections(load(results_dirs, echo=echo), suites, budget, config_path)
+    parts = sections(load(results_dirs, echo=echo), suites, budget, config_path, mix)
     text = combine(parts)
     if figures:
         text += "\n" + section(parts, draw_into)[0]

@@ -18,25 +18,44 @@ Layouts (for one dataset, budget and protocol):
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from discbench.reporting import frame as fr
-from discbench.reporting.stats import Difference, welch
+from discbench.reporting.stats import Difference, detectable, paired, pooled_std, seeds_for, welch
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One classifier's final top-1 over seeds."""
+    """One classifier's final top-1 over seeds: ``values[i]`` is seed ``seeds[i]``'s, which started from
+    ``pairing[i]`` (``frame.pairing_key``; None when unknown) in ``environments[i]``."""
 
     values: tuple[float, ...]
+    seeds: tuple[int, ...] = ()
+    pairing: tuple = ()
+    environments: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, values: pd.Series) -> Cell:
-        return cls(tuple(float(v) for v in values.dropna()))
+    def of(cls, values: pd.Series, runs: pd.DataFrame | None = None) -> Cell:
+        """The non-missing ``values``; with ``runs`` (the frame rows they come from, same index) their seeds,
+        pairing keys and environments, in seed order."""
+        values = values.dropna()
+        if runs is None:
+            return cls(tuple(float(v) for v in values))
+        rows = sorted(zip(runs.loc[values.index, "seed"], values, runs.loc[values.index, "pairing"],
+                          runs.loc[values.index, "environment"], strict=True), key=lambda r: r[0])
+        return cls(tuple(float(v) for _, v, _, _ in rows), tuple(int(s) for s, _, _, _ in rows),
+                   tuple(p for _, _, p, _ in rows), tuple(e for _, _, _, e in rows))
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the seeds ran in more than one environment."""
+        return len(set(self.environments)) > 1
 
     @property
     def n(self) -> int:
@@ -62,11 +81,13 @@ class Cell:
 
 @dataclass(frozen=True)
 class Entry:
-    """What one (row, column) shows: its cells, whether it is the column's best, its Δ against the baseline."""
+    """What one (row, column) shows: its cells, whether it is the column's best, its Δ against the baseline (Welch)
+    and, when its seeds are provably paired with the baseline's, the paired Δ."""
 
     cells: tuple[Cell, ...]
     best: bool = False
     delta: Difference | None = None
+    paired: Difference | None = None
 
     @property
     def first(self) -> Cell:
@@ -96,6 +117,22 @@ class Column:
 
 
 @dataclass(frozen=True)
+class Power:
+    """What a table could have detected: the seed standard deviation pooled over its cells, the smallest difference a
+    two-sample t-test detects at its n seeds (80 % power, two-sided 5 %), the seeds a 0.5 pp difference needs, and
+    how much narrower the paired intervals are than Welch's."""
+
+    sigma: float
+    dof: int
+    n: int
+    detectable: float
+    seeds_for_half: float
+    paired_cells: int = 0
+    delta_cells: int = 0
+    narrower: float = math.nan  # mean of Welch width / paired width over the paired cells
+
+
+@dataclass(frozen=True)
 class Table:
     layout: str
     columns: tuple[Column, ...]
@@ -105,10 +142,12 @@ class Table:
     group_header: str = ""
     tail_headers: tuple[str, ...] = ()
     baseline: str | None = None
+    power: Power | None = None
 
 
-WELCH = ("with its 95 % confidence interval from Welch's t-test (scipy.stats, unequal variances, seeds unpaired); † "
-         "marks an interval that excludes 0; n is the number of seeds.")
+WELCH = ("with its 95 % confidence interval from Welch's t-test (scipy.stats, unequal variances, seeds unpaired) and, "
+         "where the records prove that seed k of both rows started from the same network and first epoch, the paired "
+         "t-test's interval (`paired`); † marks an interval that excludes 0; n is the number of seeds.")
 
 
 def legend_for(baseline: str | None) -> str:
@@ -124,11 +163,40 @@ def difference(values: Cell, base: Cell | None) -> Difference | None:
     return welch(values.values, base.values)
 
 
+def paired_difference(values: Cell, base: Cell | None) -> Difference | None:
+    """``values`` against ``base`` seed by seed, when they are provably paired: the same seeds (at least two), each
+    with the same known starting point (network and first epoch) in both. None otherwise."""
+    if base is None or len(values.seeds) < 2 or values.seeds != base.seeds or values is base:
+        return None
+    if any(p is None or p != q for p, q in zip(values.pairing, base.pairing, strict=True)):
+        return None
+    return paired(values.values, base.values)
+
+
+def compare(cells: tuple[Cell, ...], base: Cell | None) -> Entry:
+    """An entry of ``cells`` with its first cell's Δ against ``base``: Welch's, and the paired one when it applies."""
+    return Entry(cells, delta=difference(cells[0], base), paired=paired_difference(cells[0], base))
+
+
 def mark_best(entries: dict[str, Entry]) -> dict[str, Entry]:
     """The entries of one column with ``best`` set on those whose first cell has the largest mean (ties: all)."""
     means = {k: e.first.mean for k, e in entries.items() if not math.isnan(e.first.mean)}
     top = max(means.values(), default=None)
-    return {k: Entry(e.cells, best=top is not None and means.get(k) == top, delta=e.delta) for k, e in entries.items()}
+    return {k: dataclasses.replace(e, best=top is not None and means.get(k) == top) for k, e in entries.items()}
+
+
+def power_of(entries: list[Entry]) -> Power | None:
+    """The ``Power`` of a table from its entries' first cells (None without a cell of two seeds)."""
+    cells = [e.first for e in entries if e.first.n]
+    sigma, dof = pooled_std([c.values for c in cells])
+    if not dof:
+        return None
+    n = Counter(c.n for c in cells).most_common(1)[0][0]
+    with_delta = [e for e in entries if e.delta is not None and e.delta.has_interval]
+    ratios = [(e.delta.high - e.delta.low) / (e.paired.high - e.paired.low) for e in with_delta
+              if e.paired is not None and e.paired.has_interval and e.paired.high > e.paired.low]
+    return Power(sigma, dof, n, detectable(sigma, n), seeds_for(0.5, sigma), len(ratios), len(with_delta),
+                 sum(ratios) / len(ratios) if ratios else math.nan)
 
 
 def runner_up_notes(columns: list[tuple[str, dict[str, Cell]]], title: str = "") -> list[str]:
@@ -165,13 +233,13 @@ def per_module(df: pd.DataFrame) -> Table | None:
     rows, notes = [], []
     for backbone, sub in df.groupby("backbone", sort=True):
         baseline = sub[sub["baseline"]]
-        base = Cell.of(baseline["first_last"]) if not baseline.empty else None
+        base = Cell.of(baseline["first_last"], baseline) if not baseline.empty else None
         methods = sub[~sub["baseline"]]
         labels = fr.row_order(methods) if not methods.empty else []
 
         def entry(label: str, col: Column, methods=methods, base=base) -> Entry:
-            cell = Cell.of(fr.top1(methods[methods["label"] == label], "net", col.exit))
-            return Entry((cell,), delta=difference(cell, base))
+            runs = methods[methods["label"] == label]
+            return compare((Cell.of(fr.top1(runs, "net", col.exit), runs),), base)
 
         grid, samples = _grid(labels, columns, entry)
         tail = (base.text() if base is not None else "—",)
@@ -181,7 +249,7 @@ def per_module(df: pd.DataFrame) -> Table | None:
         return None
     legend = ("Δ: difference of means to the Baseline column (the plain network of the same backbone), " + WELCH)
     return Table("per-module", tuple(columns), tuple(rows), legend, tuple(notes), group_header="Backbone",
-                 tail_headers=("Baseline ↑",))
+                 tail_headers=("Baseline ↑",), power=power_of([e for r in rows for e in r.entries]))
 
 
 def last_module(df: pd.DataFrame) -> Table:
@@ -192,13 +260,14 @@ def last_module(df: pd.DataFrame) -> Table:
 
     def entry(label: str, col: Column) -> Entry:
         runs = df[df["backbone"] == col.backbone]
-        cell = Cell.of(runs[runs["label"] == label]["first_last"])
-        base_cell = Cell.of(runs[runs["label"] == base]["first_last"]) if base and label != base else None
-        return Entry((cell,), delta=difference(cell, base_cell))
+        mine, theirs = runs[runs["label"] == label], runs[runs["label"] == base]
+        base_cell = Cell.of(theirs["first_last"], theirs) if base and label != base else None
+        return compare((Cell.of(mine["first_last"], mine),), base_cell)
 
     grid, samples = _grid(labels, columns, entry)
-    return Table("last-module", tuple(columns), tuple(Row(label, tuple(grid[label])) for label in labels),
-                 legend_for(base), tuple(runner_up_notes(samples)), baseline=base)
+    rows = tuple(Row(label, tuple(grid[label])) for label in labels)
+    return Table("last-module", tuple(columns), rows, legend_for(base), tuple(runner_up_notes(samples)),
+                 baseline=base, power=power_of([e for r in rows for e in r.entries]))
 
 
 def pair_columns(df: pd.DataFrame) -> list[Column]:
@@ -220,10 +289,10 @@ def pair_cells(runs: pd.DataFrame, col: Column) -> tuple[Cell, ...]:
     """The cells of a pair: the student (offline); the mean of both networks per seed (an identical online pair,
     as the paper reports it); net1 and net2 side by side (a different pair)."""
     if col.offline:
-        return (Cell.of(fr.last(runs, "student")),)
+        return (Cell.of(fr.last(runs, "student"), runs),)
     if col.backbone == col.partner:
-        return (Cell.of((fr.last(runs, "net1") + fr.last(runs, "net2")) / 2),)
-    return Cell.of(fr.last(runs, "net1")), Cell.of(fr.last(runs, "net2"))
+        return (Cell.of((fr.last(runs, "net1") + fr.last(runs, "net2")) / 2, runs),)
+    return Cell.of(fr.last(runs, "net1"), runs), Cell.of(fr.last(runs, "net2"), runs)
 
 
 def pairs(df: pd.DataFrame) -> Table:
@@ -235,13 +304,13 @@ def pairs(df: pd.DataFrame) -> Table:
 
     def entry(label: str, col: Column) -> Entry:
         runs = df[(df["backbone"] == col.backbone) & (df["partner"] == col.partner)]
-        cells = pair_cells(runs[runs["label"] == label], col)
         base_cell = pair_cells(runs[runs["label"] == base], col)[0] if base and label != base else None
-        return Entry(cells, delta=difference(cells[0], base_cell))
+        return compare(pair_cells(runs[runs["label"] == label], col), base_cell)
 
     grid, samples = _grid(labels, columns, entry)
-    return Table("pairs", tuple(columns), tuple(Row(label, tuple(grid[label])) for label in labels),
-                 legend_for(base), tuple(runner_up_notes(samples)), baseline=base)
+    rows = tuple(Row(label, tuple(grid[label])) for label in labels)
+    return Table("pairs", tuple(columns), rows, legend_for(base), tuple(runner_up_notes(samples)), baseline=base,
+                 power=power_of([e for r in rows for e in r.entries]))
 
 
 # -- cost ------------------------------------------------------------------------------------------------------------
