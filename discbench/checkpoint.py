@@ -289,7 +289,8 @@ def snapshot(cfg, seed: int, pos: Position, system: nn.Module, optimizer, schedu
         "sums": cpu(pos.sums), "keys": [t.to_dict() for t in pos.keys], "epochs": pos.epochs,
         "train_seconds": pos.train_seconds,
         "resumed": pos.resumed, "history": pos.history.state() if pos.history is not None else None,
-        "critics": sorted(pos.critics), "fingerprints": pos.fingerprints, "system": system.state_dict(), "optimizer": optimizer.state_dict(),
+        "critics": sorted(pos.critics), "fingerprints": pos.fingerprints, "system": system.state_dict(),
+        "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "rng": rng_state(generator), "saved_at": time.time(),
     }
 

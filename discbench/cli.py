@@ -171,8 +171,7 @@ def sweep(suite, budget, seeds, out, launcher, workers, partition, time_limit, g
 
     bench = Bench.load(config_path)
     s = suites.load(bench, suite)
-    configs = suites.configs(bench, s, budget)
-    n_seeds = seeds or s.seeds
+    runs = suites.runs(bench, s, budget, seeds)
     slurm = {"partition": partition, "time": time_limit, "gpus_per_task": gpus_per_task,
              "cpus_per_task": cpus_per_task, "mem": mem, "account": account, "array_parallelism": array_parallelism}
     given = [f"--{k.replace('_', '-')}" for k, v in slurm.items() if v is not None]
@@ -189,7 +188,7 @@ def sweep(suite, budget, seeds, out, launcher, workers, partition, time_limit, g
         executor = make_executor(launcher, jobs_dir or results_dir / ".jobs", params)
     ws = workspace_spec(config_path, results_dir, teacher_store, data_dir, download, device, force, quiet,
                         checkpoint_every, keep_checkpoints, stale_after).open(bench=bench)
-    outcome = run_sweep(ws, s, configs, n_seeds, launcher, executor, workers)
+    outcome = run_sweep(ws, runs, launcher, executor, workers)
     if outcome.submitted is not None:
         handles = outcome.submitted
         click.echo(f"submitted {len(handles)} jobs to Slurm (array {handles[0].job_id.split('_')[0]}); follow them "
@@ -199,7 +198,7 @@ def sweep(suite, budget, seeds, out, launcher, workers, partition, time_limit, g
     for line in outcome.failed:
         click.echo(f"failed {line}", err=True)
     try:
-        text = render_suite(s, configs, n_seeds, load_records(results_dir, echo=_note))
+        text = render_suite(s, runs, load_records(results_dir, echo=_note))
     except DiscbenchError as exc:  # no seed has a record yet (others are running, or every one failed)
         click.echo(f"no tables yet: {exc}", err=True)
         text = ""
@@ -334,7 +333,7 @@ def status(suite, budget, seeds, stale_after, results_dir, config_path):
 
     bench = Bench.load(config_path)
     s = suites.load(bench, suite)
-    rows = suite_status(suites.configs(bench, s, budget), seeds or s.seeds, results_dir, stale_after)
+    rows = suite_status(suites.runs(bench, s, budget, seeds), results_dir, stale_after)
     for row in rows:
         click.echo(f"{row.state:<8} {row.label} | {row.backbone} | {row.dataset} | seed {row.seed}"
                    + (f": {row.detail}" if row.detail else ""))

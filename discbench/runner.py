@@ -40,7 +40,7 @@ from discbench.teachers import TeacherStore, teacher_config
 from discbench.train import train
 
 if TYPE_CHECKING:
-    from discbench.suites import Suite
+    from discbench.suites import SuiteRun
 
 
 def say(line: str) -> None:
@@ -291,21 +291,21 @@ class SweepOutcome:
     submitted: list[Any] | None = None  # Slurm job handles (the sweep returns without waiting)
 
 
-def pending(ws: Workspace, configs: list[RunConfig], seeds: int) -> Iterator[tuple[RunConfig, int]]:
-    """Every (configuration, seed) without a record (all of them with ``force``)."""
-    for cfg in configs:
-        for seed in range(seeds):
-            if ws.options.force or find_record(ws.results_dir, cfg, seed) is None:
-                yield cfg, seed
+def pending(ws: Workspace, runs: list[SuiteRun]) -> Iterator[tuple[RunConfig, int]]:
+    """Every (configuration, seed) of ``runs`` without a record (all of them with ``force``)."""
+    for run in runs:
+        for seed in run.seeds:
+            if ws.options.force or find_record(ws.results_dir, run.cfg, seed) is None:
+                yield run.cfg, seed
 
 
-def prepare(ws: Workspace, configs: list[RunConfig], seeds: int) -> None:
+def prepare(ws: Workspace, runs: list[SuiteRun]) -> None:
     """Before anything of a sweep trains: every row's plugins pass the pre-flight check (a broken plugin in the last
     row stops the sweep now, not hours later; an offline row is checked against a random teacher of the same
     backbone here, and against its real teacher again before its first seed), then every teacher the sweep needs and
     the store lacks is trained."""
-    needed = {cfg.request_hash: cfg for cfg, _ in pending(ws, configs, seeds)}
-    offline = [c for c in configs if PROTOCOLS.get(c.protocol_name).uses_teacher(c)]
+    needed = {cfg.request_hash: cfg for cfg, _ in pending(ws, runs)}
+    offline = [r.cfg for r in runs if PROTOCOLS.get(r.cfg.protocol_name).uses_teacher(r.cfg)]
     for cfg in {**{c.request_hash: c for c in offline}, **needed}.values():
         preflight(cfg)
     wanted = {(c.protocol.teacher, c.dataset.name, c.protocol.teacher_budget or c.budget, c.protocol.teacher_seed)
@@ -314,27 +314,28 @@ def prepare(ws: Workspace, configs: list[RunConfig], seeds: int) -> None:
         train_teachers(ws, backbone, dataset, budget, [seed])
 
 
-def sweep(ws: Workspace, suite: Suite, configs: list[RunConfig], seeds: int, launcher: str = "inline",
-          executor: Any = None, workers: int = 1) -> SweepOutcome:
-    """Every (configuration, seed) of a suite without a record: inline, one after another (a failed seed leaves a
-    failure record and the others go on), or as launcher jobs (``discbench.launch``): local processes, at most
-    ``workers`` at a time, waited for; or one Slurm array, submitted and not waited for."""
+def sweep(ws: Workspace, runs: list[SuiteRun], launcher: str = "inline", executor: Any = None,
+          workers: int = 1) -> SweepOutcome:
+    """Every (configuration, seed) of a suite's ``runs`` without a record: inline, one after another (a failed seed
+    leaves a failure record and the others go on), or as launcher jobs (``discbench.launch``): local processes, at
+    most ``workers`` at a time, waited for; or one Slurm array, submitted and not waited for."""
     ws = ws.with_options(keep_going=True)
-    prepare(ws, configs, seeds)
+    prepare(ws, runs)
     outcome = SweepOutcome()
     if launcher == "inline":
         with stop_on_signals():
-            for i, cfg in enumerate(configs, 1):
-                say(f"[{i}/{len(configs)}] {cfg.label} | {cfg.backbone} | {cfg.dataset.name} | {cfg.budget} | "
+            for i, run in enumerate(runs, 1):
+                cfg = run.cfg
+                say(f"[{i}/{len(runs)}] {cfg.label} | {cfg.backbone} | {cfg.dataset.name} | {cfg.budget} | "
                     f"config {cfg.request_hash}")
                 try:
-                    run_seeds(ws, cfg, range(seeds))
+                    run_seeds(ws, cfg, run.seeds)
                 except SeedsFailed as exc:
                     outcome.failed.extend([cfg.label] * exc.count)
         return outcome
     from discbench.launch import SeedJob, submit
 
-    jobs = [SeedJob(ws.spec, cfg, seed) for cfg, seed in pending(ws, configs, seeds)]
+    jobs = [SeedJob(ws.spec, cfg, seed) for cfg, seed in pending(ws, runs)]
     handles = submit(executor, jobs, launcher, workers)
     if launcher == "slurm":
         outcome.submitted = handles

@@ -32,12 +32,14 @@ def _recorded(results_dir: Path) -> set[tuple[str, int]]:
     return {(r.request_hash, r.seed) for r in collect([results_dir]).records}
 
 
-def suite_status(configs, seeds: int, results_dir: Path, stale_after: float) -> list[SeedStatus]:
+def suite_status(runs, results_dir: Path, stale_after: float) -> list[SeedStatus]:
+    """Where every (configuration, seed) of a suite's ``runs`` (``discbench.suites.runs``) stands."""
     recorded = _recorded(Path(results_dir))
     now = time.time()
     rows = []
-    for cfg in configs:
-        for seed in range(seeds):
+    for run in runs:
+        cfg = run.cfg
+        for seed in run.seeds:
             files = seed_files(results_dir, cfg, seed)
             base = (cfg.label, cfg.backbone, cfg.dataset.name, seed)
             if (cfg.request_hash, seed) in recorded:

@@ -26,9 +26,21 @@ ALL_ROWS = "all"
 
 @dataclass(frozen=True)
 class SuiteRow:
+    """A row: its method, label and ``set``; ``seeds_from`` offsets its seeds (seeds_from .. seeds_from + n - 1): a
+    negative control is the baseline's method under another label with other seeds."""
+
     loss: str
     label: str
     overrides: tuple[str, ...]
+    seeds_from: int = 0
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    """One configuration of a suite and the seeds it trains."""
+
+    cfg: RunConfig
+    seeds: range
 
 
 @dataclass(frozen=True)
@@ -85,13 +97,20 @@ def _rows(bench: Bench, rows, protocol: str, where: str) -> tuple[SuiteRow, ...]
         raise DiscbenchError(f"{where}: rows must be a list of tables or \"{ALL_ROWS}\"")
     out = []
     for i, row in enumerate(rows):
-        unknown = set(row) - {"loss", "label", "set"} if isinstance(row, dict) else {"?"}
+        unknown = set(row) - {"loss", "label", "set", "seeds_from"} if isinstance(row, dict) else {"?"}
         if unknown or "loss" not in row:
-            raise DiscbenchError(f"{where}: row {i} needs 'loss', may have 'label' and 'set'; got "
+            raise DiscbenchError(f"{where}: row {i} needs 'loss', may have 'label', 'set' and 'seeds_from'; got "
                                  f"{sorted(row) if isinstance(row, dict) else row!r}")
         label = row.get("label", row["loss"])
         sets = _sets(row.get("set", {}), f"{where}, row '{label}'")
-        out.append(SuiteRow(loss=row["loss"], label=label, overrides=sets))
+        offset = row.get("seeds_from", 0)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise DiscbenchError(f"{where}, row '{label}': seeds_from must be an integer >= 0, got {offset!r}")
+        out.append(SuiteRow(loss=row["loss"], label=label, overrides=sets, seeds_from=offset))
+    labels = [r.label for r in out]
+    if len(set(labels)) < len(labels):
+        raise DiscbenchError(f"{where}: two rows are labelled '{next(x for x in labels if labels.count(x) > 1)}'; "
+                             f"give each row its own label")
     return tuple(out)
 
 
@@ -144,9 +163,18 @@ def check_row(bench: Bench, suite: Suite, row: SuiteRow) -> None:
                              f"method is another method: add one to [methods])")
 
 
+def runs(bench: Bench, suite: Suite, budget: str | None = None, seeds: int | None = None) -> list[SuiteRun]:
+    """Every (dataset, backbone, row) configuration of ``suite`` under ``budget`` (or the suite's own) with the
+    ``seeds`` (or the suite's number of) seeds it trains, from the row's ``seeds_from``."""
+    key = PROTOCOLS.get(suite.protocol).partner
+    n = seeds or suite.seeds
+    return [SuiteRun(bench.resolve(row.loss, backbone, dataset, budget or suite.budget, suite.protocol,
+                                   (*suite.overrides, *row.overrides), row.label,
+                                   partner={key: partner} if partner else None),
+                     range(row.seeds_from, row.seeds_from + n))
+            for dataset in suite.datasets for backbone, partner in suite.columns() for row in suite.rows]
+
+
 def configs(bench: Bench, suite: Suite, budget: str | None = None) -> list[RunConfig]:
     """Every (dataset, backbone, row) configuration of ``suite``, under ``budget`` or the suite's own."""
-    key = PROTOCOLS.get(suite.protocol).partner
-    return [bench.resolve(row.loss, backbone, dataset, budget or suite.budget, suite.protocol,
-                          (*suite.overrides, *row.overrides), row.label, partner={key: partner} if partner else None)
-            for dataset in suite.datasets for backbone, partner in suite.columns() for row in suite.rows]
+    return [r.cfg for r in runs(bench, suite, budget)]

@@ -24,8 +24,7 @@ from discbench.reporting.frame import GROUP
 from discbench.reporting.stats import MARK
 
 if TYPE_CHECKING:
-    from discbench.config import RunConfig
-    from discbench.suites import Suite
+    from discbench.suites import Suite, SuiteRun
 
 
 MIXED = "‡"  # a cell whose seeds ran in more than one environment (only with --mix-environments)
@@ -175,35 +174,36 @@ def _protocol_rank(protocol: str) -> int:
     return PROTOCOL_ORDER.index(protocol) if protocol in PROTOCOL_ORDER else len(PROTOCOL_ORDER)
 
 
-def suite_records(suite: Suite, configs: list[RunConfig], seeds: int, records: Iterable[RunRecord]) -> list[RunRecord]:
-    """The suite's configurations' records for seeds 0..seeds-1, relabelled with the suite's row labels.
+def suite_records(runs: list[SuiteRun], records: Iterable[RunRecord]) -> list[RunRecord]:
+    """The records of the suite's (configuration, seed) runs, relabelled with the suite's row labels.
 
-    A record is found by its configuration hash whatever its label (another suite or a plain ``discbench run`` may
-    have produced the same configuration first)."""
-    label_of = {c.request_hash: c.label for c in configs}
-    return [dataclasses.replace(r, label=label_of[r.request_hash]) for r in records
-            if r.request_hash in label_of and r.seed < seeds]
+    A record is found by its configuration hash and seed whatever its label (another suite or a plain ``discbench
+    run`` may have produced the same configuration first); two rows of one configuration (a negative control: the
+    baseline under another label) take their own seeds."""
+    label_of = {(r.cfg.request_hash, seed): r.cfg.label for r in runs for seed in r.seeds}
+    return [dataclasses.replace(r, label=label_of[(r.request_hash, r.seed)]) for r in records
+            if (r.request_hash, r.seed) in label_of]
 
 
-def missing_runs(configs: list[RunConfig], seeds: int, records: Iterable[RunRecord]) -> list[str]:
+def missing_runs(runs: list[SuiteRun], records: Iterable[RunRecord]) -> list[str]:
     """``label (backbone): seeds 1, 2`` for every configuration of a suite that lacks records."""
     have = {(r.request_hash, r.seed) for r in records}
     out = []
-    for c in configs:
-        lacking = [s for s in range(seeds) if (c.request_hash, s) not in have]
+    for run in runs:
+        lacking = [s for s in run.seeds if (run.cfg.request_hash, s) not in have]
         if lacking:
-            out.append(f"{c.label} ({c.backbone}): seed{'s' if len(lacking) > 1 else ''} "
+            out.append(f"{run.cfg.label} ({run.cfg.backbone}): seed{'s' if len(lacking) > 1 else ''} "
                        f"{', '.join(map(str, lacking))}")
     return out
 
 
-def render_suite(suite: Suite, configs: list[RunConfig], seeds: int, records: Iterable[RunRecord],
-                 across: bool = False, mix: bool = False) -> str:
-    """The tables of one suite: its configurations' records for seeds 0..seeds-1, under the suite's row labels, in
-    the suite's order; runs without a record are listed under the tables (a suite with none says so)."""
+def render_suite(suite: Suite, runs: list[SuiteRun], records: Iterable[RunRecord], across: bool = False,
+                 mix: bool = False) -> str:
+    """The tables of one suite: its runs' records, under the suite's row labels, in the suite's order; runs without
+    a record are listed under the tables (a suite with none says so)."""
     records = list(records)
-    mine = suite_records(suite, configs, seeds, records)
-    missing = missing_runs(configs, seeds, mine)
+    mine = suite_records(runs, records)
+    missing = missing_runs(runs, mine)
     if not mine:
         return "\n".join([f"# suite `{suite.name}`", "", f"_No run records yet: run 'discbench sweep --suite "
                           f"{suite.name}'._", ""])
@@ -237,9 +237,8 @@ def sections(records: list[RunRecord], suites=(), budget: str | None = None, con
     out = []
     for name in suites:
         s = suite_defs.load(bench, name)
-        configs = suite_defs.configs(bench, s, budget)
-        out.append((name, render_suite(s, configs, s.seeds, records, mix=mix),
-                    suite_records(s, configs, s.seeds, records)))
+        runs = suite_defs.runs(bench, s, budget)
+        out.append((name, render_suite(s, runs, records, mix=mix), suite_records(runs, records)))
     return out
 
 
