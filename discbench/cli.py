@@ -297,6 +297,31 @@ def publish(results_dirs, out_dir, suites, budget, published, mix, config_path):
         click.echo(f"wrote {path}", err=True)
 
 
+@cli.command()
+@click.option("--suite", required=True, help="A suite of bench.toml (discbench list suites).")
+@click.option("--detect", default=0.5, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
+              help="The difference of top-1 (percentage points) the tables should detect.")
+@click.option("--budget", default=None, help="Recipe to use instead of the suite's.")
+@results_dirs_option
+@config_option
+def plan(suite, detect, budget, results_dirs, config_path):
+    """How many seeds per row the suite needs to detect --detect pp (80 % power, two-sided 5 %), and how long they
+    take on this machine, from the records that exist (nothing is trained)."""
+    from discbench import suites
+    from discbench.config import Bench
+    from discbench.records import load
+    from discbench.reporting import plan as planning
+    from discbench.reporting.markdown import suite_records
+
+    bench = Bench.load(config_path)
+    s = suites.load(bench, suite)
+    runs = suites.runs(bench, s, budget)
+    dirs = [d for d in (results_dirs or (str(DEFAULT_RESULTS_DIR),)) if "*" in d or Path(d).is_dir()]
+    records = suite_records(runs, load(dirs, echo=_note)) if dirs else []
+    machine = planning.this_machine()
+    click.echo(planning.render(suite, planning.rows(runs, records, machine), s.seeds, detect, machine))
+
+
 @cli.command(name="check-records")
 @click.argument("directories", nargs=-1, required=True)
 @click.option("--clean", is_flag=True, help="Also remove orphaned temporary files of killed writers.")
