@@ -240,14 +240,15 @@ def leaderboard(results_dirs, budget, suites, out, figures, published, check, mi
     from discbench.config import Bench
     from discbench.reporting.markdown import leaderboard as render
 
-    if published or (check and not suites):
+    published = published or (check and not suites)
+    if published:
         suites = suites or Bench.load(config_path).published_suites()
         results_dirs = results_dirs or (str(PUBLISHED_RESULTS),)
         out, figures = out or PUBLISHED, True
     results_dirs = results_dirs or (str(DEFAULT_RESULTS_DIR),)
     draw_into = Path(out).parent / "figures" if figures and out and not check else None
     text = render(results_dirs, suites, budget, config_path, echo=_note, figures=figures, draw_into=draw_into,
-                  mix=mix)
+                  mix=mix, published=published)
     if check:
         sys.exit(_check_stale(Path(out or PUBLISHED), text + "\n"))
     if out:

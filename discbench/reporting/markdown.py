@@ -252,14 +252,22 @@ def combine(parts: list[tuple]) -> str:
 
 
 def leaderboard(results_dirs, suites=(), budget: str | None = None, config_path=None, echo=None,
-                figures: bool = False, draw_into=None, mix: bool = False) -> str:
+                figures: bool = False, draw_into=None, mix: bool = False, published: bool = False) -> str:
     """What ``discbench leaderboard`` prints: every record's tables, or the tables of ``suites`` followed by the
     across-protocols section over their records; with ``figures`` a Figures section that links
-    ``figures/<name>.png`` beside the markdown (drawn into ``draw_into`` when given, else only linked)."""
+    ``figures/<name>.png`` beside the markdown (drawn into ``draw_into`` when given, else only linked). The
+    ``published`` leaderboard takes only records of clean commits."""
     from discbench.records import load
     from discbench.reporting.figures import section
 
-    parts = sections(load(results_dirs, echo=echo), suites, budget, config_path, mix)
+    records = load(results_dirs, echo=echo)
+    parts = sections(records, suites, budget, config_path, mix)
+    if published:
+        unclean = sorted({r.provenance.get("git_commit") or "no git commit" for _, _, recs in parts for r in recs
+                          if not r.provenance.get("git_commit") or r.provenance["git_commit"].endswith("-dirty")})
+        if unclean:
+            raise DiscbenchError(f"published tables come from clean commits; records of {', '.join(unclean)} are not "
+                                 f"(rerun them from a clean checkout)")
     text = combine(parts)
     if figures:
         text += "\n" + section(parts, draw_into)[0]
