@@ -4,7 +4,7 @@
 (no scheduler of our own): ``local`` runs them as subprocesses of this machine (``submitit.LocalExecutor``), at most
 ``--workers`` at a time, and waits for them; ``slurm`` submits one Slurm job array (``submitit.SlurmExecutor``,
 ``--array-parallelism`` tasks at a time) and returns, ``discbench status`` showing progress. Each job is a
-``SeedJob``: ``discbench.runner.run_seeds`` on one seed, so claims, checkpoints and failure records work exactly as
+``discbench.runner.SeedJob``: ``run_seeds`` on one seed, so claims, checkpoints and failure records work exactly as
 in ``discbench run``. When the cluster announces a timeout or preemption (submitit's signal, USR2), the job writes
 a checkpoint at the next step and hands over to submitit's checkpoint/requeue hook (``SeedJob.checkpoint``), whose
 requeued job resumes from that checkpoint. SIGTERM writes a checkpoint and fails the job (a later sweep resumes it).
@@ -17,10 +17,7 @@ Slurm resources come from the ``[launcher.slurm]`` table of bench.toml (any ``su
 from __future__ import annotations
 
 import shutil
-import signal
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,38 +42,6 @@ def slurm_minutes(value: Any) -> int:
     if total <= 0:
         raise DiscbenchError(f"--time '{value}': expected minutes or Slurm's [D-]HH:MM:SS, e.g. --time 12:00:00")
     return total
-
-
-@dataclass(frozen=True)
-class SeedJob:
-    """One (configuration, seed) of a workspace for a submitit executor; pickled, then called in the job's own
-    process, which rebuilds the workspace from its spec (``discbench.runner.WorkspaceSpec``)."""
-
-    spec: Any  # WorkspaceSpec
-    cfg: Any  # RunConfig
-    seed: int
-
-    def __call__(self) -> str | None:
-        from discbench.checkpoint import Preempted, stop_on_signals
-        from discbench.runner import run_seeds
-
-        ws = self.spec.open().with_options(keep_going=False, progress=False)  # the job raises its seed's own error
-        try:
-            with stop_on_signals((signal.SIGTERM, signal.SIGUSR2)):
-                written = run_seeds(ws, self.cfg, [self.seed])
-        except Preempted as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            handler = signal.getsignal(exc.signum)  # submitit's again: checkpoint() below, requeue, exit
-            if callable(handler):
-                handler(exc.signum, None)
-            raise
-        return str(written[0]) if written else None
-
-    def checkpoint(self) -> Any:
-        """submitit's requeue hook: the same job again; it resumes from the checkpoint the loop just wrote."""
-        from submitit.helpers import DelayedSubmission
-
-        return DelayedSubmission(self)
 
 
 def _submitit():
@@ -117,7 +82,7 @@ def make_executor(launcher: str, folder: Path, slurm: dict[str, Any] | None = No
     return executor
 
 
-def submit(executor, jobs: list[SeedJob], launcher: str, workers: int = 1, poll: float = 0.5) -> list:
+def submit(executor, jobs: list, launcher: str, workers: int = 1, poll: float = 0.5) -> list:
     """Submit ``jobs``: a Slurm array at once; local jobs at most ``workers`` at a time, waiting for all."""
     if launcher == "slurm":
         with executor.batch():  # one job array

@@ -94,6 +94,14 @@ def _nvidia_driver() -> str | None:
     return out[0] if out else None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a Slurm or container allotment), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS and Windows have no affinity mask
+        return os.cpu_count() or 1
+
+
 def hardware(device: str) -> dict[str, Any]:
     """What the numbers of a run depend on beyond the software versions (``provenance``): the CPU model and its vector
     extensions, torch's CPU kernel capability, logical CPUs, torch's thread count; on CUDA the GPU's name, the

@@ -8,6 +8,7 @@ its ``WorkspaceSpec`` (plain values, picklable).
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -24,6 +25,7 @@ from discbench.config import Bench, RunConfig
 from discbench.contract import preflight
 from discbench.distributed import Distributed
 from discbench.errors import DiscbenchError
+from discbench.machine import usable_cpus
 from discbench.records import (
     DEFAULT_RESULTS_DIR,
     check_writable,
@@ -299,6 +301,38 @@ def pending(ws: Workspace, runs: list[SuiteRun]) -> Iterator[tuple[RunConfig, in
                 yield run.cfg, seed
 
 
+@dataclass(frozen=True)
+class SeedJob:
+    """One (configuration, seed) of a workspace for a submitit executor; pickled, then called in the job's own
+    process, which rebuilds the workspace from its spec."""
+
+    spec: WorkspaceSpec
+    cfg: RunConfig
+    seed: int
+    threads: int = 0  # torch's intra-op threads in the job's process; 0 leaves torch's default
+
+    def __call__(self) -> str | None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        ws = self.spec.open().with_options(keep_going=False, progress=False)  # the job raises its seed's own error
+        try:
+            with stop_on_signals((signal.SIGTERM, signal.SIGUSR2)):
+                written = run_seeds(ws, self.cfg, [self.seed])
+        except Preempted as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            handler = signal.getsignal(exc.signum)  # submitit's again: checkpoint() below, requeue, exit
+            if callable(handler):
+                handler(exc.signum, None)
+            raise
+        return str(written[0]) if written else None
+
+    def checkpoint(self) -> Any:
+        """submitit's requeue hook: the same job again; it resumes from the checkpoint the loop just wrote."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self)
+
+
 def prepare(ws: Workspace, runs: list[SuiteRun]) -> None:
     """Before anything of a sweep trains: every row's plugins pass the pre-flight check (a broken plugin in the last
     row stops the sweep now, not hours later; an offline row is checked against a random teacher of the same
@@ -318,7 +352,9 @@ def sweep(ws: Workspace, runs: list[SuiteRun], launcher: str = "inline", executo
           workers: int = 1) -> SweepOutcome:
     """Every (configuration, seed) of a suite's ``runs`` without a record: inline, one after another (a failed seed
     leaves a failure record and the others go on), or as launcher jobs (``discbench.launch``): local processes, at
-    most ``workers`` at a time, waited for; or one Slurm array, submitted and not waited for."""
+    most ``workers`` at a time, waited for, each with this process's usable CPUs / ``workers`` torch threads (so the
+    workers share the cores instead of fighting for them; each record says how many threads trained it); or one
+    Slurm array, submitted and not waited for (each task takes the threads Slurm gives it)."""
     ws = ws.with_options(keep_going=True)
     prepare(ws, runs)
     outcome = SweepOutcome()
@@ -333,9 +369,10 @@ def sweep(ws: Workspace, runs: list[SuiteRun], launcher: str = "inline", executo
                 except SeedsFailed as exc:
                     outcome.failed.extend([cfg.label] * exc.count)
         return outcome
-    from discbench.launch import SeedJob, submit
+    from discbench.launch import submit
 
-    jobs = [SeedJob(ws.spec, cfg, seed) for cfg, seed in pending(ws, runs)]
+    threads = max(1, usable_cpus() // workers) if launcher == "local" else 0
+    jobs = [SeedJob(ws.spec, cfg, seed, threads) for cfg, seed in pending(ws, runs)]
     handles = submit(executor, jobs, launcher, workers)
     if launcher == "slurm":
         outcome.submitted = handles

@@ -26,10 +26,9 @@ teacher, CRD's memory banks and Z). Tolerance 1e-10 relative (max |a - b| / max 
 plugin computes its term in float32 whatever its input (fitnet, at, mmd, vid, l2 cast with ``.float()``): there the
 float32 floor applies (``FP32_FLOOR``).
 
-The ``overrides`` of each case give the method's intended weights with today's configuration layer (issue 18): they
-are what the per-(loss, protocol) method definition should declare. ``test_*_default_config_*`` compare the first
-step's loss of the configuration as resolved without them with the same reference; they are expected to fail until
-the definitions are declared (strict xfail: an unexpected pass says to drop the overrides and the marker).
+Every case runs the method as bench.toml's ``[methods.<loss>]`` declares it for the protocol (issue 18: the same
+configuration from ``discbench run`` as from a suite); the only overrides are sizes (CRD's negatives, BYOT's batch in
+l2's per-sample weight) and ablations (RepDistiller's CRD+KD run, -a 1).
 """
 
 from __future__ import annotations
@@ -367,19 +366,6 @@ def run_reference(ref: nn.Module, objective: Callable[[nn.Module, Batch], Object
     return trace
 
 
-def first_values(system: nn.Module, cfg: RunConfig, ref: nn.Module, objective: Callable[[nn.Module, Batch], Objective],
-                 batch: Batch, scale: float = 1.0) -> dict[str, float]:
-    """Only the first step's loss on both sides (forward only): enough to tell a configuration that is not the
-    method, at a third of a full comparison's cost."""
-    system.train()
-    ctx = LossContext(step=0, epoch=0, protocol=cfg.protocol_name, labels=batch.y, indices=batch.idx,
-                      dataset_size=N_DATA, num_classes=CLASSES)
-    with torch.no_grad():
-        total = system(batch.x, batch.y, ctx).total
-        value = objective(ref, batch).value
-    return {"loss @0": rel_err(total * scale, value)}
-
-
 def renamer(pairs: list[tuple[str, str]]) -> Callable[[str], str]:
     def rename(key: str) -> str:
         for ours, ref in pairs:
@@ -398,15 +384,15 @@ def rel_err(a: Tensor, b: Tensor) -> float:
 
 
 def compare(system: nn.Module, ref: nn.Module, rename: Callable[[str], str], ours: Trace, theirs: Trace,
-            scale: float = 1.0, skip: tuple[str, ...] = ()) -> dict[str, float]:
-    """Relative errors of losses, gradients (discbench's times ``scale``) and the state after the steps; also checks
+            skip: tuple[str, ...] = ()) -> dict[str, float]:
+    """Relative errors of losses, gradients and the state after the steps; also checks
     that both sides train the same tensors and that every state tensor has a counterpart."""
     errors: dict[str, float] = {}
     for step, (lo, lr_, go, gr) in enumerate(zip(ours.losses, theirs.losses, ours.grads, theirs.grads, strict=True)):
-        errors[f"loss @{step}"] = rel_err(lo * scale, lr_)
+        errors[f"loss @{step}"] = rel_err(lo, lr_)
         assert sorted(rename(n) for n in go) == sorted(gr), "discbench and the reference train different tensors"
         for n, g in go.items():
-            errors[f"grad {n} @{step}"] = rel_err(g * scale, gr[rename(n)])
+            errors[f"grad {n} @{step}"] = rel_err(g, gr[rename(n)])
     ref_state = ref.state_dict()
     ours_state = {k: v for k, v in system.state_dict().items() if not k.endswith(skip)}
     assert sorted(rename(k) for k in ours_state) == sorted(k for k in ref_state if not k.endswith(skip)), \
@@ -442,21 +428,21 @@ HINT_LAYER = 2  # train_student.py --hint_layer default
 class OfflineCase:
     method: str  # RepDistiller's --distill (with "crd+kd" for its -a 1 CRD run)
     loss: str  # discbench's loss
-    overrides: tuple[str, ...]  # today's way to get RepDistiller's weights; the method definition to declare
+    overrides: tuple[str, ...] = ()  # sizes and ablations only: the weights are the method's declared ones
     tol: float = FLOAT64_TOL
     steps: int = 1
 
 
-# protocol.kd_weight = -a, protocol.ce_weight = -r, loss.beta = -b. KD is a logit loss: the plugin's beta carries
-# -a and the protocol's own KD is off (the definition issue 18 declares: logit losses replace the protocol's KD).
+# RepDistiller's -r, -a, -b are discbench's protocol.ce_weight, protocol.kd_weight and loss.beta; [methods.*] declares
+# them per method (the `kd` plugin replaces the protocol's KD term and carries -a as its beta).
 OFFLINE = [
-    OfflineCase("kd", "kd", ("protocol.kd_weight=0", "protocol.ce_weight=0.1", "loss.beta=0.9")),
-    OfflineCase("hint", "fitnet", ("protocol.kd_weight=0", "protocol.ce_weight=1"), FP32_FLOOR),
-    OfflineCase("attention", "at", ("protocol.kd_weight=0", "protocol.ce_weight=1"), FP32_FLOOR),
-    OfflineCase("nst", "mmd", ("protocol.kd_weight=0", "protocol.ce_weight=1"), FP32_FLOOR),
-    OfflineCase("vid", "vid", ("protocol.kd_weight=0", "protocol.ce_weight=1"), FP32_FLOOR),
-    OfflineCase("crd", "crd", ("protocol.kd_weight=0", "protocol.ce_weight=1", f"loss.nce_k={NCE_K}"), steps=2),
-    OfflineCase("crd+kd", "crd", ("protocol.kd_weight=1", "protocol.ce_weight=1", f"loss.nce_k={NCE_K}"), steps=2),
+    OfflineCase("kd", "kd"),
+    OfflineCase("hint", "fitnet", tol=FP32_FLOOR),
+    OfflineCase("attention", "at", tol=FP32_FLOOR),
+    OfflineCase("nst", "mmd", tol=FP32_FLOOR),
+    OfflineCase("vid", "vid", tol=FP32_FLOOR),
+    OfflineCase("crd", "crd", (f"loss.nce_k={NCE_K}",), steps=2),
+    OfflineCase("crd+kd", "crd", ("protocol.kd_weight=1", f"loss.nce_k={NCE_K}"), steps=2),  # an ablation: -a 1
 ]
 
 
@@ -538,12 +524,9 @@ def offline_pair(bench: Bench, case: OfflineCase, overrides: tuple[str, ...], mo
     return cfg, system, ref, rename
 
 
-def offline_step(bench: Bench, case: OfflineCase, overrides: tuple[str, ...], monkeypatch,
-                 value_only: bool = False) -> dict[str, float]:
+def offline_step(bench: Bench, case: OfflineCase, overrides: tuple[str, ...], monkeypatch) -> dict[str, float]:
     batches = make_batches(case.steps, seed=1, negatives=case.method.startswith("crd"), shared_anchors=2)
     cfg, system, ref, rename = offline_pair(bench, case, overrides, monkeypatch, batches)
-    if value_only:
-        return first_values(system, cfg, ref, offline_objective(case.method), batches[0])
     # train_student.py: SGD(trainable_list, lr 0.05, momentum 0.9, weight_decay 5e-4), the teacher not in it
     r = cfg.recipe
     assert (r.lr, r.momentum, r.weight_decay, r.nesterov, r.batch_size) == (0.05, 0.9, 5e-4, False, 64)
@@ -559,15 +542,6 @@ def offline_step(bench: Bench, case: OfflineCase, overrides: tuple[str, ...], mo
 @pytest.mark.parametrize("case", OFFLINE, ids=[c.method for c in OFFLINE])
 def test_offline_step_matches_repdistiller(bench, case, monkeypatch):
     check(offline_step(bench, case, case.overrides, monkeypatch), case.tol)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 18: the offline methods' weights are not declared yet (the default configuration "
-                          "adds the protocol's 0.1 CE + 0.9 KD to every loss)")
-@pytest.mark.parametrize("case", OFFLINE[:-1], ids=[c.method for c in OFFLINE[:-1]])
-def test_offline_default_config_is_repdistillers_method(bench, case, monkeypatch):
-    extra = tuple(o for o in case.overrides if o.startswith("loss.nce_k"))  # a size, not a weight
-    check(offline_step(bench, case, extra, monkeypatch, value_only=True), case.tol)
 
 
 # -- online: DML and KDCL ---------------------------------------------------------------------------------------------
@@ -591,7 +565,7 @@ def online_objective(method: str) -> Callable[[nn.Module, Batch], Objective]:
     return objective
 
 
-def online_step(bench: Bench, method: str, overrides: tuple[str, ...], value_only: bool = False) -> dict[str, float]:
+def online_step(bench: Bench, method: str, overrides: tuple[str, ...]) -> dict[str, float]:
     torch.manual_seed(0)
     cfg = bench.resolve(method, "resnet20", "cifar100", "paper", protocol="online", overrides=overrides,
                         partner={"peer": "resnet32"})
@@ -603,25 +577,16 @@ def online_step(bench: Bench, method: str, overrides: tuple[str, ...], value_onl
     ref.load_state_dict({rename(k): v.clone() for k, v in system.state_dict().items()}, strict=True)
     ref.train()
     batches = make_batches(1, seed=2)
-    if value_only:
-        return first_values(system, cfg, ref, online_objective(method), batches[0])
     r = cfg.recipe  # the benchmark's shared recipe (AberHu: nesterov, wd 1e-4; see the facts file)
     ours = run_discbench(system, cfg, batches)
     theirs = run_reference(ref, online_objective(method), batches, r.lr, r.momentum, r.weight_decay)
     return compare(system, ref, rename, ours, theirs)
 
 
-# DML and KDCL replace the protocol's KD (issue 18): protocol.kd_weight = 0 is the definition to declare.
+# DML and KDCL replace the protocol's KD (their plugins are `replaces_kd`): the default configuration is the paper's.
 @pytest.mark.parametrize("method", ["dml", "kdcl"])
 def test_online_step_matches_the_paper(bench, method):
-    check(online_step(bench, method, ("protocol.kd_weight=0",)), FLOAT64_TOL)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 18: online dml/kdcl keep the protocol's KD (T = 3) on top of their own")
-@pytest.mark.parametrize("method", ["dml", "kdcl"])
-def test_online_default_config_is_the_paper(bench, method):
-    check(online_step(bench, method, (), value_only=True), FLOAT64_TOL)
+    check(online_step(bench, method, ()), FLOAT64_TOL)
 
 
 # -- self: BYOT -------------------------------------------------------------------------------------------------------
@@ -649,20 +614,13 @@ def byot_objective(beta: float) -> Callable[[nn.Module, Batch], Objective]:
     return objective
 
 
-def byot_mapping(loss: str) -> tuple[str, ...]:
-    """Overrides that make discbench's self protocol (CE weight 1 at every exit) run BYOT's objective divided by
-    1 - alpha, with lr * (1 - alpha) and weight decay / (1 - alpha) so that every SGD update is BYOT's: kd_weight =
-    alpha / (1 - alpha), and l2's beta = BYOT's beta * B / (1 - alpha) (BYOT sums its feature loss over the batch,
-    discbench averages it). The self protocol has no weight for the last exit's CE, so this is the only way."""
-    a = BYOT_ALPHA
-    sets = [f"protocol.kd_weight={a / (1 - a)!r}", f"recipe.lr={0.1 * (1 - a)!r}",
-            f"recipe.weight_decay={5e-4 / (1 - a)!r}"]
-    if loss == "l2":
-        sets.append(f"loss.beta={BYOT_BETA * BATCH / (1 - a)!r}")
-    return tuple(sets)
+def byot_sizes(loss: str) -> tuple[str, ...]:
+    """BYOT sums its feature loss over the batch, discbench averages it: l2's declared beta (BYOT's 1e-6 x 128) is
+    for a batch of 128, this test's batch is BATCH."""
+    return (f"loss.beta={BYOT_BETA * BATCH!r}",) if loss == "l2" else ()
 
 
-def self_step(bench: Bench, loss: str, overrides: tuple[str, ...], value_only: bool = False) -> dict[str, float]:
+def self_step(bench: Bench, loss: str, overrides: tuple[str, ...]) -> dict[str, float]:
     torch.manual_seed(0)
     cfg = bench.resolve(loss, "resnet20", "cifar100", "paper", protocol="self", overrides=overrides)
     assert cfg.protocol.kd_temperature == BYOT_T and cfg.protocol.exit_ce_weight == 1.0
@@ -677,23 +635,14 @@ def self_step(bench: Bench, loss: str, overrides: tuple[str, ...], value_only: b
     ref.train()
     batches = make_batches(1, seed=3)
     beta = BYOT_BETA if loss == "l2" else 0.0
-    if value_only:
-        return first_values(system, cfg, ref, byot_objective(beta), batches[0], scale=1 - BYOT_ALPHA)
     ours = run_discbench(system, cfg, batches)
     # BYOT train.py: SGD(lr 0.1, momentum 0.9, weight_decay 5e-4), no nesterov
     theirs = run_reference(ref, byot_objective(beta), batches, lr=0.1, momentum=0.9, weight_decay=5e-4)
-    return compare(system, ref, rename, ours, theirs, scale=1 - BYOT_ALPHA)
+    return compare(system, ref, rename, ours, theirs)
 
 
 @pytest.mark.parametrize("loss", ["ce_kd", "l2"])
 def test_self_step_matches_byot(bench, loss):
-    check(self_step(bench, loss, byot_mapping(loss)), FP32_FLOOR if loss == "l2" else FLOAT64_TOL)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BYOT weighs every CE by 1 - alpha (train.py); the self protocol by 1, so KD/CE is 0.1 "
-                          "instead of 0.111 and every update is 1/0.9 times BYOT's")
-@pytest.mark.parametrize("loss", ["ce_kd", "l2"])
-def test_self_default_config_is_byot(bench, loss):
-    sets = (f"loss.beta={BYOT_BETA * BATCH!r}",) if loss == "l2" else ()  # bench.toml's 1.28e-4 is for B = 128
-    check(self_step(bench, loss, sets, value_only=True), FP32_FLOOR if loss == "l2" else FLOAT64_TOL)
+    """The self protocol's default configuration (kd_weight = BYOT's alpha, (1 - alpha) on every CE) is BYOT's
+    objective and update (the paper recipe's SGD is BYOT's: lr 0.1, momentum 0.9, weight decay 5e-4)."""
+    check(self_step(bench, loss, byot_sizes(loss)), FP32_FLOOR if loss == "l2" else FLOAT64_TOL)
