@@ -33,6 +33,8 @@ class LossCard:
         return cls(loss_cls.name, origin, protocols, {k: repr(v) for k, v in loss_cls.hparams().items()})
 
     def describe(self) -> str:
+        if "; ERROR: " in self.origin:  # a plugin that cannot be loaded has no protocols or hyper-parameters to show
+            return self.origin
         params = ", ".join(f"{k}={v}" for k, v in self.hparams.items()) or "none"
         return f"{self.origin}; protocols {', '.join(self.protocols)}; hyper-parameters {params}"
 

@@ -461,11 +461,13 @@ def list_(what, config_path):
 def _loss_rows(bench) -> list[tuple[str, str]]:
     """Every method: the losses (described from their cards, without importing torch for the built-ins alone), then
     the baselines with what defines them under each protocol they are defined for."""
-    from discbench.catalog import loss_cards
+    from discbench.catalog import loss_cards, protocol_names
 
-    rows = [(card.name, card.describe()) for card in loss_cards()]
-    for name in bench.method_names():
-        method = bench.method(name) if name not in dict(rows) else None
+    cards = loss_cards()
+    rows = [(card.name, card.describe()) for card in cards]
+    losses = {card.name: card.protocols for card in cards}  # the registry's names, read without importing torch
+    for name in bench.method_names(list(losses)):
+        method = bench.method(name, losses, protocol_names()) if name not in losses else None
         if method is None or method.plugin:
             continue
         per = "; ".join(f"{p}: {', '.join(method.overrides(p)) or 'protocol defaults'}" for p in method.protocols)

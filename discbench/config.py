@@ -280,6 +280,23 @@ class Method:
         return tuple(override(s, k, v) for s, values in self.settings(protocol).items() for k, v in values.items())
 
 
+class _RegisteredLosses(Mapping):
+    """The loss registry as ``Bench.method`` reads it: each registered loss -> the protocols it supports."""
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        supported = LOSSES.get(name).protocols
+        return tuple(PROTOCOLS.names()) if supported is None else tuple(supported)
+
+    def __iter__(self):
+        return iter(LOSSES.names())
+
+    def __len__(self) -> int:
+        return len(LOSSES.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in LOSSES
+
+
 def _sections(table: Mapping[str, Any], where: str) -> dict[str, dict[str, Any]]:
     """The run sections of a method table (``{"protocol": {...}, "loss": {...}}``), each checked to be a table."""
     out = {}
@@ -349,35 +366,46 @@ class Bench:
         return tuple(self.data.get("publish", {}).get("suites", ()))
 
     # -- methods --------------------------------------------------------------------------------------------------
-    def method_names(self) -> list[str]:
+    def method_names(self, losses: Sequence[str] | None = None) -> list[str]:
         """Every method: the baselines (tables of ``[methods]`` without a plugin, in file order), then the loss methods
-        (registered losses, and tables that name a ``plugin``) by name."""
+        (registered losses, and tables that name a ``plugin``) by name. ``losses``: the registered losses' names when
+        the caller has them without the registry (``list losses`` reads them from source, importing no torch)."""
+        names = LOSSES.names() if losses is None else list(losses)
         tables = self.data.get("methods", {})
-        baselines = [n for n, t in tables.items() if n not in LOSSES and not t.get("plugin")]
-        return baselines + sorted({*LOSSES.names(), *(n for n in tables if n not in baselines)})
+        baselines = [n for n, t in tables.items() if n not in names and not t.get("plugin")]
+        return baselines + sorted({*names, *(n for n in tables if n not in baselines)})
 
-    def method(self, name: str) -> Method:
+    def method(self, name: str, losses: Mapping[str, Sequence[str]] | None = None,
+               protocols: Sequence[str] | None = None) -> Method:
         """The method ``name``: its table in ``[methods]`` (optional for a registered loss) resolved against the
         registries. A loss method is defined for every protocol its plugin supports; a baseline for the protocols
-        its table lists."""
+        its table lists. ``losses`` (each registered loss -> the protocols it supports) and ``protocols`` (every
+        protocol's name) stand for the registries when the caller read them without importing torch (``list
+        losses``)."""
+        if losses is None:
+            losses = _RegisteredLosses()
+        every_protocol = tuple(PROTOCOLS.names() if protocols is None else protocols)
         table = self.data.get("methods", {}).get(name)
         where = f"method '{name}'"
         if table is None:
-            if name not in LOSSES:
-                raise DiscbenchError(unknown_name_message("loss", name, self.method_names()))
+            if name not in losses:
+                raise DiscbenchError(unknown_name_message("loss", name, self.method_names(list(losses))))
             table = {}
         unknown = sorted(set(table) - set(METHOD_KEYS))
         if unknown:
             raise DiscbenchError(unknown_key_message(where, unknown[0], METHOD_KEYS))
-        plugin = table.get("plugin", name if name in LOSSES else "")
+        plugin = table["plugin"] if "plugin" in table else (name if name in losses else "")
         per_protocol = table.get("protocols", {})
         if not isinstance(per_protocol, Mapping):
             raise DiscbenchError(f"{where}: 'protocols' must be a table of protocol names")
         for protocol in per_protocol:
-            PROTOCOLS.get(protocol)  # unknown protocol -> did-you-mean error
+            if protocol not in every_protocol:
+                raise DiscbenchError(unknown_name_message("protocol", protocol, every_protocol))
         if plugin:
-            supported = LOSSES.get(plugin).protocols
-            protocols = tuple(p for p in PROTOCOLS.names() if supported is None or p in supported)
+            if plugin not in losses:
+                LOSSES.get(plugin)  # unknown or broken plugin -> its error
+            supported = losses[plugin]
+            protocols = tuple(p for p in every_protocol if p in supported)
         else:
             protocols = tuple(per_protocol)
             if not protocols:

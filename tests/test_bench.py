@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from discbench.errors import DiscbenchError
-from discbench.kernels import bench
+from discbench import critic_bench as bench
 from tests.test_cli import discbench
 
 KIB = 1024

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from discbench.cli import PUBLISHED_SUITES
+from discbench.config import Bench
 from tests.conftest import REPO
 
 WORKFLOW = REPO / ".github" / "workflows" / "ci.yml"
@@ -33,10 +33,14 @@ def test_the_workflow_runs_the_make_targets_of_ci_run():
     assert upload and upload[0]["with"]["path"] == "site"
 
 
-def test_the_makefile_publishes_the_suites_the_check_defaults_to():
+def test_the_published_suites_are_named_in_one_place():
+    """bench.toml's [publish] names the published suites; the make targets name none of their own."""
     makefile = (REPO / "Makefile").read_text()
-    suites = re.search(r"^SUITES := (.+)$", makefile, flags=re.M).group(1).split()
-    assert tuple(suites) == PUBLISHED_SUITES
+    for target in ("check", "leaderboard", "publish"):
+        recipe = re.search(rf"^{target}:.*\n\t(.+)$", makefile, flags=re.M).group(1)
+        assert "--suite" not in recipe and ("--published" in recipe or "--check" in recipe)
+    published = Bench.load(REPO / "bench.toml").published_suites()
+    assert published and len(set(published)) == len(published)
 
 
 def make(target: str, tmp_path: Path, **env) -> subprocess.CompletedProcess:

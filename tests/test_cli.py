@@ -137,7 +137,7 @@ def test_non_finite_loss_stops_without_a_record(tmp_path, capsys, monkeypatch):
 def test_list(capsys, monkeypatch):
     status, out, _ = discbench(capsys, monkeypatch, "list", "losses")
     assert status == 0
-    assert "mi_x_si" in out and "built-in (discbench.losses.muse)" in out and "baseline in" in out
+    assert "mi_x_si" in out and "built-in (discbench.losses.muse)" in out and "baseline (discbench defaults)" in out
     status, out, _ = discbench(capsys, monkeypatch, "list", "datasets")
     assert "fashion-mnist" in out and "loader 'idx'" in out
 

@@ -1,4 +1,4 @@
-"""A command line that answers at once: ``--help``, ``list budgets``, ``list suites``, ``validate --help`` and
+"""A command line that answers at once: ``--help``, ``list budgets``, ``list suites``, ``list losses``, ``validate --help`` and
 ``leaderboard`` import neither torch nor torchvision (checked on ``sys.modules``, not timed: the times are in
 benchmarks/bench_cli_startup.py), and ``leaderboard`` writes a file only when ``--out`` names one."""
 
@@ -70,27 +70,40 @@ def test_list_losses_reads_the_builtin_index_without_importing_torch():
     assert "mi_x_si" in proc.stdout and "none " in proc.stdout  # built-in losses and bench.toml baselines
 
 
-def test_builtin_loss_index_is_current():
-    """``losses/index.json`` equals what the classes say (regenerate: python -m discbench.catalog --write)."""
-    from discbench.catalog import build_index, builtin_cards, index_text, losses_dir
+def test_static_cards_equal_the_imported_classes():
+    """``list losses`` describes the built-ins from their source (``catalog.static_cards``, no torch); what it reads
+    equals what the imported classes say (name, origin, protocols, hyper-parameters and defaults)."""
+    from discbench.catalog import imported_cards, loss_cards, static_cards
 
-    assert (losses_dir() / "index.json").read_text() == index_text(build_index()), \
-        "losses/index.json is stale: run 'python -m discbench.catalog --write'"
-    assert builtin_cards() is not None
+    static = static_cards()
+    assert static == sorted(imported_cards(), key=lambda c: c.name)
+    assert loss_cards() == static  # only built-ins installed: the listing takes the static reading
+    assert {"kd", "mi_x_si", "vid"} <= {c.name for c in static}
 
 
-def test_a_changed_loss_file_makes_the_index_stale_and_the_listing_imports(tmp_path):
-    """An edited built-in is never described from the old index: the cards are refused and the classes read."""
+def test_an_edited_loss_file_is_read_as_it_is_and_a_computed_default_falls_back_to_importing(tmp_path, monkeypatch):
+    """Nothing is stored, so nothing goes stale: an edited built-in is described from its current source, a new file
+    is listed as soon as it exists, and a file the reader cannot evaluate is refused (the classes are imported)."""
     import shutil
 
-    from discbench.catalog import LossCard, builtin_cards, losses_dir
-    from discbench.registry import LOSSES
+    from discbench import catalog
+    from discbench.catalog import LossCard, Unreadable, imported_cards, static_cards
+    from discbench.registry import LOSSES, PROTOCOLS
 
     copy = tmp_path / "losses"
-    shutil.copytree(losses_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
-    cards = builtin_cards(copy)
-    assert cards == [LossCard.of(LOSSES.get(c.name), LOSSES.origins()[c.name]) for c in cards]
-    (copy / "kd.py").write_text((copy / "kd.py").read_text() + "\n# edited\n")
-    assert builtin_cards(copy) is None
-    (copy / "kd.py").unlink()  # a removed file, too
-    assert builtin_cards(copy) is None
+    shutil.copytree(catalog.package_dir("discbench.losses"), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    every = tuple(PROTOCOLS.names())
+    cards = static_cards(copy)
+    assert cards == [LossCard.of(LOSSES.get(c.name), LOSSES.origins()[c.name], every) for c in cards]
+    kd = copy / "kd.py"
+    kd.write_text(kd.read_text().replace("temperature: float = 4.0", "temperature: float = 5.0"))
+    assert next(c for c in static_cards(copy) if c.name == "kd").hparams == {"temperature": "5.0"}
+    (copy / "kd2.py").write_text(kd.read_text().replace('name = "kd"', 'name = "kd2"').replace("class KD(", "class KD2("))
+    assert next(c for c in static_cards(copy) if c.name == "kd2").hparams == {"temperature": "5.0"}
+    kd.write_text(kd.read_text().replace("temperature: float = 5.0", "temperature: float = 2.0 * 2"))
+    with pytest.raises(Unreadable, match=r"2\.0 \* 2"):
+        static_cards(copy)
+    # the listing then imports the (real) classes instead of describing them from what it cannot read
+    real = catalog.package_dir
+    monkeypatch.setattr(catalog, "package_dir", lambda package: copy if package == "discbench.losses" else real(package))
+    assert catalog.loss_cards() == imported_cards()

@@ -1,4 +1,4 @@
-"""MUSE Table 3's layout (discbench/compression.py) from synthetic records, and the table1/table3 suites."""
+"""MUSE Table 3's layout (discbench/reporting/compression.py) from synthetic records, and the table1/table3 suites."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import dataclasses
 
 import pytest
 
-from discbench.compression import compression_rows, compression_table
+from discbench import suites
 from discbench.config import Bench
 from discbench.errors import DiscbenchError
+from discbench.reporting.compression import compression_rows, compression_table
 from tests.test_leaderboard import record
 
 # Per-exit (params, FLOPs) of the inference paths of one backbone, as the self protocol's cost() records them.
@@ -50,21 +51,21 @@ def test_no_module_beats_the_baseline():
 
 def test_table1_and_table3_suites():
     bench = Bench.load()
-    t1, t3 = bench.suite("table1"), bench.suite("table3")
+    t1, t3 = suites.load(bench, "table1"), suites.load(bench, "table3")
     assert [r.label for r in t1.rows] == ["Baseline", "BYOT", "MI+SI", "MI×SI"]
     assert [r.loss for r in t1.rows] == ["none", "l2", "mi_plus_si", "mi_x_si"]
     assert {"vgg19_bn", "resnet101", "resnet152", "efficientnet_b0"} <= set(t1.backbones)
     assert t3.layout == "compression" and t3.backbones == t1.backbones and t1.layout == "modules"
-    assert bench.suite("table1-tinyimagenet").backbones == ("resnet18", "resnet34", "efficientnet_b0")
-    assert bench.suite("table1-imagenet").datasets == ("imagenet",)
-    smoke = bench.suite("table1-smoke")
+    assert suites.load(bench, "table1-tinyimagenet").backbones == ("resnet18", "resnet34", "efficientnet_b0")
+    assert suites.load(bench, "table1-imagenet").datasets == ("imagenet",)
+    smoke = suites.load(bench, "table1-smoke")
     assert smoke.datasets == ("fashion-mnist",) and smoke.budget == "smoke"
-    assert [c.hash for c in bench.suite_configs(smoke)] == [c.hash for c in bench.suite_configs(
-        bench.suite("table3-smoke"))]
+    assert [c.hash for c in suites.configs(bench, smoke)] == [c.hash for c in suites.configs(
+        bench, suites.load(bench, "table3-smoke"))]
 
 
 def test_unknown_layout_is_an_error(tmp_path):
     bench = Bench.load()
     data = {**bench.data, "suites": {**bench.data["suites"], "bad": {"extends": "table1", "layout": "pyramid"}}}
     with pytest.raises(DiscbenchError, match="suite 'bad': unknown layout 'pyramid'; valid: modules, compression"):
-        Bench(data).suite("bad")
+        suites.load(Bench(data), "bad")

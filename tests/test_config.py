@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from discbench.config import Bench, parse_override
+from discbench import suites
+from discbench.config import Bench, parse_override, read_toml
 from discbench.errors import DiscbenchError
 
 
@@ -103,8 +104,10 @@ def test_malformed_bench_toml(tmp_path):
     with pytest.raises(DiscbenchError, match=r"bench.toml is not valid TOML"):
         Bench.load(bad)
     bad.write_text("[datasets]\n[recipes]\n[protocols]\n")
+    # A project file is laid over the package defaults, which hold every table; the merged tables are what is checked.
+    assert isinstance(Bench.load(bad).data["runtime"], dict)
     with pytest.raises(DiscbenchError, match=r"missing table \[runtime\]"):
-        Bench.load(bad)
+        Bench(read_toml(bad), [bad])
     with pytest.raises(DiscbenchError, match=r"not found"):
         Bench.load(tmp_path / "missing.toml")
 
@@ -116,12 +119,14 @@ def test_missing_key_in_bench_toml(bench, tmp_path):
     path = tmp_path / "bench.toml"
     path.write_text(text)
     assert "eval_every" not in tomllib.loads(text)["recipes"]["paper"]
+    # Laid over the package defaults, the key comes from the defaults; the file's tables alone miss it.
+    assert Bench.load(path).resolve("l2", "resnet18", "cifar100", "paper").recipe.eval_every == 1
     with pytest.raises(DiscbenchError, match=r"recipe 'paper': missing key 'eval_every'"):
-        Bench.load(path).resolve("l2", "resnet18", "cifar100", "paper")
+        Bench(read_toml(path), [path]).resolve("l2", "resnet18", "cifar100", "paper")
 
 
 def test_demo_suite(bench):
-    suite = bench.suite("demo")
+    suite = suites.load(bench, "demo")
     assert [r.loss for r in suite.rows] == ["none", "ce", "ce_kd", "l2", "mi", "si", "mi_plus_si", "mi_x_si"]
     assert suite.seeds == 3 and suite.budget == "smoke" and suite.datasets == ("fashion-mnist",)
 
@@ -131,6 +136,6 @@ def test_suites_extend_other_suites(tmp_path):
     path = tmp_path / "bench.toml"
     path.write_text(text + '\n[suites.a]\nextends = "b"\n[suites.b]\nextends = "a"\n')
     with pytest.raises(DiscbenchError, match=r"suite 'a': 'extends' goes round in a circle: a -> b -> a"):
-        Bench.load(path).suite("a")
-    smoke = Bench.load(REPO_BENCH).suite("table5-smoke")
+        suites.load(Bench.load(path), "a")
+    smoke = suites.load(Bench.load(REPO_BENCH), "table5-smoke")
     assert smoke.name == "table5-smoke" and smoke.budget == "smoke" and len(smoke.rows) == 16

@@ -81,7 +81,7 @@ def test_nce_closed_forms():
 
 def test_streamed_memory_is_linear_in_the_batch(small_chunks):
     """With chunks of ~64 scores, no buffer grows like B^2: the peak is d local plus one chunk."""
-    from discbench.kernels.bench import cpu_peak_bytes
+    from discbench.critic_bench import cpu_peak_bytes
 
     def peak(fn, b):
         local, global_ = codes(b, 16, 8)

@@ -17,8 +17,8 @@ pytest.importorskip("submitit")
 
 from discbench.config import Bench  # noqa: E402
 from discbench.errors import DiscbenchError  # noqa: E402
-from discbench.launch import SeedJob, make_executor, slurm_minutes, slurm_parameters  # noqa: E402
-from discbench.train import RunOptions  # noqa: E402
+from discbench.launch import make_executor, slurm_minutes, slurm_parameters  # noqa: E402
+from discbench.runner import RunOptions, SeedJob, WorkspaceSpec  # noqa: E402
 from tests.conftest import REPO, requires_fashion_mnist  # noqa: E402
 from tests.test_claims import TINY_SUITE, tiny_bench  # noqa: E402, F401  (the fixture)
 
@@ -57,8 +57,8 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(tmp_path, tiny_bench
     cfg = bench.resolve("l2", "tinynet", "fashion-mnist", "tiny",
                         overrides=("recipe.epochs=3", "recipe.train_subset=128"))
     results = tmp_path / "runs"
-    job = SeedJob(cfg, 0, str(results), str(tiny_bench), None, None, False, None, False,
-                  RunOptions(checkpoint_every=1))
+    job = SeedJob(WorkspaceSpec(config_path=str(tiny_bench), results_dir=str(results),
+                                options=RunOptions(checkpoint_every=1)), cfg, 0)
     executor = make_executor("local", tmp_path / "jobs")
     handle = executor.submit(job)
     deadline = time.time() + 300

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
 import pytest
 
-from discbench.api import Classifier
 from discbench.errors import DiscbenchError
-from discbench.leaderboard import cell, render
-from discbench.results import RunRecord
+from discbench.keys import Classifier
+from discbench.records import RunRecord
+from discbench.reporting.markdown import render
+from discbench.reporting.tables import Cell
+
+
+def cell(values) -> str:
+    """The text of a table cell of ``values`` (a pandas Series of per-seed top-1)."""
+    return Cell.of(values).text()
 
 
 def record(label, seed, top1, loss="x", backbone="resnet18", hash_="h" * 16, budget="smoke", baseline=None,
@@ -101,3 +108,33 @@ def test_offline_columns_name_teacher_and_its_accuracy():
                    protocol="offline", networks=("student",), teacher_top1=72.34) for s in range(3)]
     text = render(recs)
     assert "resnet56 (72.34) → resnet20 ↑" in text and "71.00 ± 1.00 (n=3)" in text
+
+
+def on_machine(rec, cpu_model="Intel Xeon X", threads=2):
+    """``rec`` as run on a CPU ``cpu_model`` with ``threads`` torch threads (same torch, same commit)."""
+    hw = {"device": "cpu", "cpu_model": cpu_model, "cpu_vector_extensions": ["avx2"], "torch_threads": threads,
+          "gpu_name": None, "gpu_driver": None, "cuda": None}
+    return dataclasses.replace(rec, hardware=hw, provenance={"torch": "2.5.1", "git_commit": "0123456789abcdef"})
+
+
+@pytest.mark.parametrize("other", [{"threads": 4}, {"cpu_model": "AMD EPYC Y"}], ids=["threads", "machine"])
+def test_a_table_of_two_environments_is_refused_unless_mixed_and_then_marked(other):
+    """One seed of `mi` ran with other torch threads (or on another CPU): comparing it with the rest in one table
+    is refused; with ``mix`` the table shows it, the cell whose seeds span both environments marked ‡."""
+    base = [on_machine(record("none", s, {4: 70.0 + s}, loss="", hash_="a" * 16)) for s in range(3)]
+    mi = [on_machine(record("mi", s, {4: 72.0 + s}, loss="mi", hash_="b" * 16)) for s in range(2)]
+    mi.append(on_machine(record("mi", 2, {4: 74.5}, loss="mi", hash_="b" * 16), **other))
+    assert "‡" not in render(base + mi[:2])  # one environment: accepted, nothing marked
+    assert "Environment: Intel Xeon X (avx2), 2 threads; torch 2.5.1; commit 0123456789ab." in render(base + mi[:2])
+    with pytest.raises(DiscbenchError, match="would mix 2 environments.*--mix-environments"):
+        render(base + mi)
+    text = render(base + mi, mix=True)
+    table6 = text.split("Last module")[1].split("### Cost")[0]
+    values = [72.0, 73.0, 74.5]
+    mixed = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n=3)‡"
+    row = next(line for line in table6.splitlines() if line.startswith("| mi "))
+    assert mixed in row and mixed == "73.17 ± 1.26 (n=3)‡"
+    none = next(line for line in table6.splitlines() if line.startswith("| none "))
+    assert "71.00 ± 1.00 (n=3)" in none and "‡" not in none  # the baseline's seeds share one environment
+    assert "Environments (‡ marks a cell whose seeds ran in several" in text
+    assert "[1] Intel Xeon X (avx2), 2 threads" in text and "[2] " in text

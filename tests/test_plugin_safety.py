@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from discbench.contract import PluginCheckError, preflight
-from discbench.registry import LOSSES
+from discbench.registry import LOSSES, PROTOCOLS
 from tests.conftest import REPO, TINY, requires_fashion_mnist
 from tests.test_cli import discbench
 
@@ -331,7 +331,7 @@ rows = [{{ loss = "l2" }}, {{ loss = "{name}" }}]
 # -- the pre-flight check itself --------------------------------------------------------------------------------------
 def preflight_params():
     for name in LOSSES.names():
-        for protocol in sorted(LOSSES.get(name).protocols):
+        for protocol in sorted(LOSSES.get(name).protocols or PROTOCOLS.names()):  # None: every protocol
             yield pytest.param(name, protocol, id=f"{name}-{protocol}")
 
 
@@ -386,7 +386,7 @@ def test_preflight_refuses_a_bare_tensor(bench):
 
 
 def test_record_names_the_plugin_package(install, bench):
-    from discbench.results import loss_source
+    from discbench.records import loss_source
 
     name = install("dead", version="2.3.4")
     cfg = bench.resolve(name, "smallnet", "fashion-mnist", "smoke")

@@ -53,7 +53,8 @@ def test_online_total_is_the_equation(bench):
         for plugin, i in zip(system.discrepancies[net].plugins, (1, 2, 3), strict=True):
             expected += 0.2 * plugin(src[i - 1], tgt[3], ctx(y)).loss
     assert out.total.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert {"ce@net1", "ce@net2", "kd@net1", "kd@net2", "mi@net1.1", "si@net2.3", "mi_plus_si@net1.2"} <= set(out.terms)
+    assert {"ce@net1", "ce@net2", "kd@net1", "kd@net2", "mi@net1.1", "si@net2.3", "mi_plus_si@net1.2"} <= {
+        t.key for t in out.terms}
 
 
 def test_online_identical_pair_by_default_and_a_different_peer(bench):
@@ -63,7 +64,7 @@ def test_online_identical_pair_by_default_and_a_different_peer(bench):
     assert [c.key for c in system.classifiers()] == ["net1/exit4", "net2/exit4"]
     x, y = batch()
     out = system(x, y, ctx(y))
-    assert set(out.terms) == {"ce@net1", "ce@net2"}  # the baseline: two networks side by side, no KD
+    assert {t.key for t in out.terms} == {"ce@net1", "ce@net2"}  # the baseline: two networks side by side, no KD
     cfg2, system2 = online(bench, "ce_kd", peer="smallnet")
     assert cfg2.protocol.peer == "smallnet" and not cfg2.is_baseline and cfg2.hash != cfg.hash
     assert system2.net2.feature_specs[-1].channels == 128 and system2.net1.feature_specs[-1].channels == 64
@@ -134,9 +135,12 @@ def test_offline_baseline_never_runs_the_teacher(bench):
     cfg, system = offline(bench, "none")
     assert cfg.is_baseline and cfg.protocol.kd_weight == 0 and cfg.protocol.ce_weight == 1
     calls = []
-    system.teacher.register_forward_hook(lambda *a: calls.append(1))
+    teacher = build_backbone(cfg, "smallnet")
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    cfg, system = offline(bench, "none", teacher_net=teacher)
+    assert system.teacher is None and system.cost((1, 28, 28))["teacher_params"] == 0  # not even held
     x, y = batch()
-    assert set(system(x, y, ctx(y)).terms) == {"ce@student"} and not calls
+    assert {t.key for t in system(x, y, ctx(y)).terms} == {"ce@student"} and not calls
 
 
 def test_fitnet_offline_is_the_single_hint(bench):
@@ -145,10 +149,10 @@ def test_fitnet_offline_is_the_single_hint(bench):
 
 
 @pytest.mark.parametrize("loss,protocol,partner,message", [
-    ("dml", "self", {}, "loss 'dml' is not defined for protocol 'self'; it supports: online"),
-    ("kdcl", "offline", {"teacher": "smallnet"}, "loss 'kdcl' is not defined for protocol 'offline'"),
-    ("l2", "online", {}, "loss 'l2' is not defined for protocol 'online'; it supports: self"),
-    ("ce", "online", {}, "baseline 'ce' is not defined for protocol 'online'"),
+    ("dml", "self", {}, "'dml' is not defined for protocol 'self'; it is defined for: online"),
+    ("kdcl", "offline", {"teacher": "smallnet"}, "'kdcl' is not defined for protocol 'offline'; it is defined for: online"),
+    ("l2", "online", {}, "'l2' is not defined for protocol 'online'; it is defined for: self"),
+    ("ce", "online", {}, "'ce' is not defined for protocol 'online'; it is defined for: self"),
     ("mi", "self", {"peer": "smallnet"}, "--peer does not apply to protocol 'self', which trains one network"),
     ("mi", "online", {"teacher": "smallnet"}, "--teacher does not apply to protocol 'online', which takes --peer"),
     ("mi", "offline", {}, "protocol 'offline' needs a teacher: pass --teacher BACKBONE"),

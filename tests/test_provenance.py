@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from discbench.leaderboard import plugin_source, render
-from discbench.results import RunRecord
+from discbench.records import RunRecord
+from discbench.reporting.frame import plugin_source
+from discbench.reporting.markdown import render
 from tests.conftest import REPO
 from tests.test_leaderboard import record
 

@@ -15,10 +15,18 @@ from pathlib import Path
 
 import pytest
 
+from discbench.atomic import atomic_write_text
 from discbench.errors import DiscbenchError
-from discbench.leaderboard import render
-from discbench.records import ORPHAN_AGE_SECONDS, collect, existing_valid, parse_record, read_record, remove_orphans
-from discbench.results import atomic_write_text, write_record
+from discbench.records import (
+    ORPHAN_AGE_SECONDS,
+    collect,
+    existing_valid,
+    parse_record,
+    read_record,
+    remove_orphans,
+    write_record,
+)
+from discbench.reporting.markdown import render
 from tests.conftest import REPO, requires_fashion_mnist
 from tests.test_cli import discbench, records, tiny
 from tests.test_leaderboard import record
@@ -93,6 +101,22 @@ def test_leaderboard_and_check_records_on_a_dirty_directory(runs, capsys, monkey
     (runs / SELF).mkdir(parents=True)
     status, out, err = discbench(capsys, monkeypatch, "leaderboard", "--results-dir", str(runs))
     assert status == 2 and "no valid run records" in err  # an empty directory: one line, no traceback
+
+
+def test_leaderboard_refuses_records_of_two_environments_unless_mix_environments(runs, capsys, monkeypatch):
+    """The `runs` fixture's records share one environment; a fourth `mi` seed trained with other torch threads
+    joins its table only under --mix-environments, and its cell is then marked ‡."""
+    hw = {"device": "cpu", "cpu_model": "Intel Xeon X", "cpu_vector_extensions": ["avx2"], "torch_threads": 8,
+          "gpu_name": None, "gpu_driver": None, "cuda": None}
+    write(runs, dataclasses.replace(record("mi", 3, {1: 60.0, 4: 73.0}, loss="mi", hash_="a" * 16), hardware=hw))
+    status, out, err = discbench(capsys, monkeypatch, "leaderboard", "--results-dir", str(runs))
+    assert status == 2 and "would mix 2 environments" in err and "--mix-environments" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    status, out, err = discbench(capsys, monkeypatch, "leaderboard", "--results-dir", str(runs),
+                                 "--mix-environments")
+    assert status == 0, err
+    assert "71.50 ± 1.29 (n=4)‡" in out  # mean and sample std of 70, 71, 72, 73
+    assert "70.00 ± 1.00 (n=3)" in out and "70.00 ± 1.00 (n=3)‡" not in out  # `none`: one environment
 
 
 def test_a_backup_copy_is_counted_once_with_a_warning(runs):
@@ -239,29 +263,32 @@ def _umask() -> int:
 
 
 def test_a_suite_without_records_or_with_some_says_what_is_missing(bench):
-    from discbench.leaderboard import render_suite
+    from discbench import suites
+    from discbench.reporting.markdown import render_suite
 
-    suite = bench.suite("demo")
-    configs = bench.suite_configs(suite, None)
-    empty = render_suite(suite, configs, 3, [])
+    suite = suites.load(bench, "demo")
+    runs = suites.runs(bench, suite, None, seeds=3)
+    assert [list(r.seeds) for r in runs[:2]] == [[0, 1, 2], [0, 1, 2]]
+    configs = [r.cfg for r in runs]
+    empty = render_suite(suite, runs, [])
     assert "_No run records yet: run 'discbench sweep --suite demo'._" in empty
     first = configs[0]
     recs = [dataclasses.replace(record("x", s, {4: 70.0 + s}, loss="", hash_=first.request_hash),
                                 request_hash=first.request_hash, dataset=first.dataset.name, budget=first.budget)
             for s in range(2)]
-    text = render_suite(suite, configs, 3, recs)
+    text = render_suite(suite, runs, recs)
     assert "70.50 ± 0.71 (n=2)" in text and "Runs without a record (not in the tables):" in text
     assert f"- {first.label} ({first.backbone}): seed 2" in text
     assert f"- {configs[1].label} ({configs[1].backbone}): seeds 0, 1, 2" in text
 
 
 def test_ctrl_c_says_that_finished_seeds_are_kept(monkeypatch, capsys):
-    from discbench import train as train_module
+    from discbench import runner
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "run_seeds", interrupted)
+    monkeypatch.setattr(runner, "run_seeds", interrupted)
     status, _, err = discbench(capsys, monkeypatch, "run", "--loss", "l2", "--backbone", "smallnet", "--device", "cpu")
     assert status == 130
     from discbench.cli import INTERRUPTED
@@ -273,7 +300,7 @@ def test_ctrl_c_says_that_finished_seeds_are_kept(monkeypatch, capsys):
 def test_term_history_keeps_window_means_and_at_most_max_points():
     import torch
 
-    from discbench.results import TermHistory
+    from discbench.checkpoint import TermHistory
 
     values = [torch.tensor([float(i), 2.0 * i]) for i in range(1, 11)]  # 10 steps of (loss, mi@1)
     hist = TermHistory(total_steps=10, max_points=4)  # every ceil(10 / 4) = 3 steps; the last, partial window dropped

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from discbench.figures import pareto_front
+from discbench.keys import TOTAL, Term
 from discbench.records import read_record
+from discbench.reporting.figures import pareto_front
 from tests.conftest import REPO
 from tests.test_cli import discbench
 from tests.test_leaderboard import record
@@ -27,8 +28,10 @@ def with_history(rec, seed):
     terms = {f"{t}@{m}": [round(2.0 / m - 0.1 * k + 0.01 * seed + (0.3 if t == "si" else 0), 4) for k in range(5)]
              for t in ("mi", "si") for m in (1, 2, 3)}
     terms["loss"] = [5.0 - k for k in range(5)]
+    typed = tuple(Term(t, "", m) for t in ("mi", "si") for m in (1, 2, 3)) + (TOTAL,)  # their typed names
+    assert [t.key for t in typed] == list(terms)
     return dataclasses.replace(rec, term_history={"every": 10, "steps": [10, 20, 30, 40, 50], "terms": terms},
-                               final_train_terms={k: v[-1] for k, v in terms.items()})
+                               final_train_terms={k: v[-1] for k, v in terms.items()}, terms=typed)
 
 
 @pytest.fixture

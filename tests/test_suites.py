@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from discbench import suites
 from discbench.config import Bench
 from discbench.protocols.self_distillation import SelfDistillation
-from discbench.registry import LOSSES
 from tests.conftest import REPO
 
 BENCH = Bench.load(REPO / "bench.toml")
@@ -26,13 +26,13 @@ LOSS_OF = {"Baseline": "", "CE": "", "L2": "l2", "MI": "mi", "SI": "si", "(MI+SI
 
 def rows():
     for name in SUITES:
-        suite = BENCH.suite(name)
+        suite = suites.load(BENCH, name)
         for row in suite.rows:
             yield pytest.param(suite, row, id=f"{name}-{row.label}")
 
 
 def needs_loss(loss: str) -> None:
-    if loss not in BENCH.baselines() and loss not in LOSSES:
+    if loss not in BENCH.method_names():
         pytest.skip(f"loss '{loss}' is not registered yet (its plugin is being written); the suite cannot run")
 
 
@@ -43,35 +43,36 @@ def test_every_row_resolves(suite, row):
     for dataset in suite.datasets:
         for backbone in suite.backbones:
             for budget in {suite.budget, "smoke"}:
-                cfg = BENCH.resolve(row.loss, backbone, dataset, budget, suite.protocol, row.overrides, row.label)
+                cfg = BENCH.resolve(row.loss, backbone, dataset, budget, suite.protocol,
+                                    (*suite.overrides, *row.overrides), row.label)
                 assert cfg.label == row.label and cfg.budget == budget
     if suite.name.endswith("-smoke"):  # SmallNet builds in milliseconds: build the run's modules, plugins included
         cfg = BENCH.resolve(row.loss, suite.backbones[0], suite.datasets[0], suite.budget, suite.protocol,
-                            row.overrides, row.label)
+                            (*suite.overrides, *row.overrides), row.label)
         system = SelfDistillation(cfg)
         assert len(system.discrepancies) == (3 if cfg.loss.name else 0)
 
 
 @pytest.mark.parametrize("name", PAPER_SUITES)
 def test_the_cpu_variant_has_the_same_rows(name):
-    paper, smoke = BENCH.suite(name), BENCH.suite(f"{name}-smoke")
+    paper, smoke = suites.load(BENCH, name), suites.load(BENCH, f"{name}-smoke")
     assert smoke.rows == paper.rows and smoke.protocol == paper.protocol
     assert (paper.datasets, paper.backbones, paper.budget) == (("cifar100",), ("resnet18",), "paper")
     assert (smoke.datasets, smoke.backbones, smoke.budget) == (("fashion-mnist",), ("smallnet",), "smoke")
 
 
 def resolved_rows(name: str):
-    suite = BENCH.suite(name)
+    suite = suites.load(BENCH, name)
     for row in suite.rows:
         needs_loss(row.loss)
         yield row.label, BENCH.resolve(row.loss, suite.backbones[0], suite.datasets[0], suite.budget, suite.protocol,
-                                       row.overrides, row.label)
+                                       (*suite.overrides, *row.overrides), row.label)
 
 
 @pytest.mark.parametrize("name", ["table5", "table5-smoke"])
 def test_table5_rows_switch_ce_and_kd_as_named(name):
     """"X + CE + KD": discrepancy X with CE and KD at exits 1..3; no "CE" / "KD" in the name: that weight is 0."""
-    assert [row.label for row in BENCH.suite(name).rows] == TABLE5
+    assert [row.label for row in suites.load(BENCH, name).rows] == TABLE5
     for label, cfg in resolved_rows(name):
         terms = label.split(" + ")
         p = cfg.protocol
@@ -86,7 +87,7 @@ def test_table5_rows_switch_ce_and_kd_as_named(name):
 
 @pytest.mark.parametrize("name", ["table6", "table6-smoke"])
 def test_table6_rows_have_ce_and_no_kd(name):
-    assert [row.label for row in BENCH.suite(name).rows] == TABLE6
+    assert [row.label for row in suites.load(BENCH, name).rows] == TABLE6
     for label, cfg in resolved_rows(name):
         p = cfg.protocol
         assert cfg.loss.name == LOSS_OF[label], label
@@ -109,13 +110,13 @@ LOSS_OF_7 = {"Baseline": "", "KD": "", "DML": "dml", "KDCL": "kdcl", "AFD": "afd
 @pytest.mark.parametrize("name,labels,pairs", [("table7a", TABLE7A, TABLE7A_PAIRS),
                                                ("table7b", TABLE7B, TABLE7B_PAIRS)])
 def test_table7_rows_columns_and_weights(name, labels, pairs):
-    paper, smoke = BENCH.suite(name), BENCH.suite(f"{name}-smoke")
+    paper, smoke = suites.load(BENCH, name), suites.load(BENCH, f"{name}-smoke")
     assert [row.label for row in paper.rows] == labels and smoke.rows == paper.rows
     assert paper.columns() == pairs and (paper.datasets, paper.budget) == (("cifar100",), "paper")
     assert smoke.datasets == ("fashion-mnist",) and smoke.budget == "smoke" and smoke.protocol == paper.protocol
     assert len({b == p for b, p in smoke.columns()}) == (2 if name == "table7a" else 1)  # 7a: identical and different
     for suite in (paper, smoke):
-        configs = BENCH.suite_configs(suite)
+        configs = suites.configs(BENCH, suite)
         assert len(configs) == len(suite.rows) * len(suite.columns()) * len(suite.datasets)
         for cfg in configs:
             p, label = cfg.protocol, cfg.label
@@ -126,7 +127,7 @@ def test_table7_rows_columns_and_weights(name, labels, pairs):
             else:  # RepDistiller: KD is -r 0.1 -a 0.9; FitNets, VID, CRD (and MIMKD) -a 0; MUSE keeps KD
                 assert (p.ce_weight, p.kd_weight > 0) == ((0.1, True) if label in ("KD", "MI+SI", "MI×SI")
                                                           else (1.0, False)), label
-    offline = BENCH.suite_configs(paper)[0]
+    offline = suites.configs(BENCH, paper)[0]
     if name == "table7b":  # RepDistiller's CIFAR-100 recipe is the offline protocol's paper recipe
         r = offline.recipe
         assert (r.epochs, r.batch_size, r.lr, r.milestones, r.weight_decay) == (240, 64, 0.05, (150, 180, 210), 5e-4)
@@ -140,10 +141,10 @@ def test_zoo_smoke_suites_hold_every_loss_once_per_protocol_that_defines_it(benc
     from discbench.registry import LOSSES
 
     for name, protocol in (("zoo-smoke", "self"), ("zoo-smoke-online", "online"), ("zoo-smoke-offline", "offline")):
-        suite = bench.suite(name)
+        suite = suites.load(bench, name)
         assert suite.protocol == protocol and suite.seeds == 1
         rows = [row.loss for row in suite.rows]
         assert len(rows) == len(set(rows))
-        expected = {loss for loss in LOSSES.names() if protocol in LOSSES.get(loss).protocols}
-        expected |= {b for b, per in bench.baselines().items() if protocol in per}
+        expected = {loss for loss in LOSSES.names() if protocol in (LOSSES.get(loss).protocols or (protocol,))}
+        expected |= {m for m in bench.method_names() if protocol in bench.method(m).protocols}
         assert set(rows) == expected, name

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from discbench.errors import DiscbenchError
+from discbench.records import SCHEMA_VERSION
 from discbench.teachers import load_checkpoint
 from tests.conftest import REPO, requires_fashion_mnist
 from tests.test_cli import discbench, records
@@ -92,12 +93,14 @@ def test_train_teacher_then_offline_student(env, capsys, monkeypatch):
     assert status == 0, err
     (path,) = [p for p in records(env["runs"]) if "/offline/" in str(p)]
     rec = json.loads(path.read_text())
-    assert rec["schema"] == 2 and rec["partner"] == "smallnet" and rec["baseline"] is False
+    assert rec["schema"] == SCHEMA_VERSION and rec["partner"] == "smallnet" and rec["baseline"] is False
     assert rec["teacher"]["teacher_id"] == manifest["teacher_id"] and rec["teacher"]["sha256"] == manifest["sha256"]
     assert rec["teacher"]["top1"] == manifest["top1"] and rec["teacher"]["store"] == str(env["store"])
     assert rec["config"]["teacher"]["teacher_id"] == manifest["teacher_id"]  # the teacher is part of the hash
     assert [c["network"] for c in rec["classifiers"]] == ["student"] and "student/exit4" in rec["final_top1"]
-    assert {"ce@student", "kd@student", "crd@student.4"} <= set(rec["final_train_terms"])
+    # RepDistiller's CRD is -r 1 -a 0 -b 0.8: no KD term
+    assert {"ce@student", "crd@student.4"} <= set(rec["final_train_terms"]) and "kd@student" not in rec[
+        "final_train_terms"]
 
     status, out, _ = discbench(capsys, monkeypatch, "leaderboard", "--results-dir", str(env["runs"]), "--out",
                                str(env["runs"].parent / "LB.md"))
