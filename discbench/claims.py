@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import sys
@@ -65,26 +66,53 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _fields(claim: dict[str, Any]) -> tuple[str, int, float] | None:
+    """A claim's (host, pid, heartbeat), or None when a field is missing or not what a claim writes (a garbage pid,
+    a heartbeat that is not a finite number): such a claim is unreadable, hence stale."""
+    try:
+        host, pid, heartbeat = claim["host"], claim["pid"], claim["heartbeat"]
+    except (KeyError, TypeError):
+        return None
+    if not isinstance(host, str) or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return None
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not math.isfinite(heartbeat):
+        return None
+    return host, pid, float(heartbeat)
+
+
 def stale_reason(claim: dict[str, Any], stale_after: float, now: float | None = None) -> str | None:
-    """Why ``claim`` is stale (its process is gone, its heartbeat is too old, it is unreadable), or None if live."""
+    """Why ``claim`` is stale (its process is gone, its heartbeat is too old, it is unreadable), or None if live.
+
+    A claim of this host is judged by its process alone: while the pid lives, the claim holds whatever its heartbeat
+    says (a busy machine can delay a heartbeat; a second process must never train the same seed). The heartbeat
+    decides only for claims of other hosts, whose processes cannot be asked."""
     now = time.time() if now is None else now
-    if not claim or not {"host", "pid", "heartbeat"} <= set(claim):
+    fields = _fields(claim) if claim else None
+    if fields is None:
         return "the claim file is unreadable"
-    age = now - float(claim["heartbeat"])
-    if claim["host"] == socket.gethostname() and not pid_alive(int(claim["pid"])):
-        return f"process {claim['pid']} on {claim['host']} is gone"
+    host, pid, heartbeat = fields
+    if host == socket.gethostname():
+        return None if pid_alive(pid) else f"process {pid} on {host} is gone"
+    age = now - heartbeat
     if age > stale_after:
         return f"its heartbeat is {age:.0f} s old (threshold {stale_after:.0f} s)"
     return None
 
 
 def describe(claim: dict[str, Any], now: float | None = None) -> str:
-    """``host pid 123 (job 45), since 2026-01-01 10:00:00, heartbeat 12 s ago``."""
+    """``host pid 123 (job 45), since 2026-01-01 10:00:00, heartbeat 12 s ago`` (``?`` for what is unreadable)."""
     now = time.time() if now is None else now
+
+    def seconds(key: str) -> float | None:
+        value = claim.get(key)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok else None
+
     job = f" (job {claim['job']})" if claim.get("job") else ""
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(claim.get("started", now))))
-    return (f"{claim.get('host')} pid {claim.get('pid')}{job}, since {since}, heartbeat "
-            f"{now - float(claim.get('heartbeat', now)):.0f} s ago")
+    started, heartbeat = seconds("started"), seconds("heartbeat")
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started is not None else "?"
+    beat = f"{now - heartbeat:.0f} s ago" if heartbeat is not None else "?"
+    return f"{claim.get('host')} pid {claim.get('pid')}{job}, since {since}, heartbeat {beat}"
 
 
 @contextlib.contextmanager

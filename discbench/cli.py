@@ -9,6 +9,7 @@ torchvision or a plugin.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -47,8 +48,16 @@ resilience_options = [
                  help="Also checkpoint every STEPS steps (checkpoints are written at every epoch end)."),
     click.option("--keep-checkpoints", is_flag=True, help="Keep a seed's checkpoints once its record is written."),
     click.option("--stale-after", default=600.0, show_default=True, type=click.FloatRange(min=0.0), metavar="SECONDS",
-                 help="A claim whose heartbeat is older than this is taken over (a dead host)."),
+                 callback=lambda ctx, param, value: _finite(param, value),
+                 help="A claim of another host whose heartbeat is older than this is taken over (a dead host; a claim "
+                      "of this host is taken over only when its process is gone)."),
 ]
+
+
+def _finite(param, value: float) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds; give a finite value such as 600", param=param)
+    return value
 
 
 def with_options(options):
@@ -283,10 +292,15 @@ def _check_stale(path: Path, text: str) -> int:
 @click.option("--budget", default=None, help="Only records of this budget (with --suite: the suites' budget).")
 @click.option("--published", is_flag=True, help=f"The published leaderboard's suites, from {PUBLISHED_RESULTS}.")
 @click.option("--mix-environments", "mix", is_flag=True, help="As for leaderboard.")
+@click.option("--replace", is_flag=True, help="Overwrite files of --out that publish did not write (by default such a "
+                                              "directory is refused; publish never deletes them).")
 @config_option
-def publish(results_dirs, out_dir, suites, budget, published, mix, config_path):
+def publish(results_dirs, out_dir, suites, budget, published, mix, replace, config_path):
     """Write a static site from the records: LEADERBOARD.md, index.html (sortable, filterable, each cell linked to
-    its run records), figures/ (PNG and SVG) and records/ (the run records behind the cells)."""
+    its run records), figures/ (PNG and SVG) and records/ (the run records behind the cells).
+
+    publish owns only the files it wrote (listed in OUT/.discbench-site.json): it replaces and removes those, leaves
+    every other file of OUT alone, and never touches its --results-dir."""
     from discbench.config import Bench
     from discbench.reporting.html import publish as write_site
 
@@ -294,7 +308,7 @@ def publish(results_dirs, out_dir, suites, budget, published, mix, config_path):
         suites = suites or Bench.load(config_path).published_suites()
         results_dirs = results_dirs or (str(PUBLISHED_RESULTS),)
     for path in write_site(results_dirs or (str(DEFAULT_RESULTS_DIR),), out_dir, suites, budget, config_path,
-                           echo=_note, mix=mix):
+                           echo=_note, mix=mix, replace=replace):
         click.echo(f"wrote {path}", err=True)
 
 

@@ -207,6 +207,27 @@ CIFAR_FILES = {
 }
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads only what a CIFAR pickle holds: dicts, lists, bytes, str, numbers and numpy arrays.
+
+    ``pickle.load`` calls any global a file names, so a file in a data directory could run code when the dataset is
+    opened. This unpickler resolves exactly the globals that numpy's array pickles use (protocols 2 to 5, numpy 1
+    and 2 module names) and ``_codecs.encode`` (protocol 2's bytes); any other global is refused before it is called.
+    """
+
+    ALLOWED = frozenset({
+        ("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    })
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR pickle never holds (refused, "
+                                         f"not run)")
+        return super().find_class(module, name)
+
+
 @DATASETS.register("cifar-pickle")
 def load_cifar(cfg: DatasetConfig, root: Path | None, download: bool) -> Arrays:
     """CIFAR-10/100 in the python-pickle layout that torchvision reads (``<dir>/cifar-100-python/train``...)."""
@@ -234,7 +255,7 @@ def load_cifar(cfg: DatasetConfig, root: Path | None, download: bool) -> Arrays:
                 )
             try:
                 with open(path, "rb") as f:
-                    entry = pickle.load(f, encoding="bytes")
+                    entry = _CifarUnpickler(f, encoding="bytes").load()
                 data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
                 labels = np.asarray(entry[label_key], dtype=np.int64)
             except Exception as exc:

@@ -185,3 +185,32 @@ def test_failed_seed_leaves_a_reason_that_status_shows_and_the_next_sweep_retrie
     proc = cli("sweep", "--suite", "tiny-nan", "--quiet", *args)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 2 and "taking over the claim" in err and "failed CE lr 1e30" in err
+
+
+@pytest.mark.parametrize("garbage", [
+    {"pid": "not-a-pid"}, {"pid": -3}, {"pid": True}, {"heartbeat": "yesterday"}, {"heartbeat": float("nan")},
+    {"host": ["a", "list"]},
+])
+def test_a_claim_with_garbage_fields_is_unreadable_and_taken_over(tmp_path, capsys, garbage):
+    path = tmp_path / "h__seed0.claim"
+    write_claim(path, **garbage)
+    assert claims.stale_reason(json.loads(path.read_text()), 600) == "the claim file is unreadable"
+    claims.describe(json.loads(path.read_text()))  # what `discbench status` prints: no exception
+    held = claims.acquire(path, stale_after=600)
+    assert isinstance(held, claims.HeldClaim) and "unreadable" in capsys.readouterr().err
+    held.release()
+
+
+def test_a_live_process_of_this_host_keeps_its_claim_whatever_its_heartbeat(tmp_path):
+    # --stale-after 0 once let a second process take over the claim of a live one and train the same seed twice
+    path = tmp_path / "h__seed0.claim"
+    write_claim(path, heartbeat=time.time() - 10_000)  # this (live) process, an ancient heartbeat
+    assert claims.stale_reason(json.loads(path.read_text()), 0.0) is None
+    assert isinstance(claims.acquire(path, stale_after=0.0), dict)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_stale_after_must_be_a_finite_number_of_seconds(value):
+    proc = cli("run", "--loss", "none", "--backbone", "tinynet", "--stale-after", value)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "--stale-after" in err and "Traceback" not in err

@@ -172,3 +172,38 @@ def test_imagenet_streams_through_image_folder(bench, tmp_path):
     assert torch.cat([b.y for b in batches]).tolist() == [data.train.targets[data.train_indices[i]] for i in idx]
     x, y = next(data.test_batches(4))
     assert x.shape == (4, 3, 16, 16) and y.tolist() == [0, 0, 1, 1]
+
+
+class _WritesAMarker:
+    """A pickle payload that, if loaded with ``pickle.load``, creates a file (what an attacker's file would do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_pickles_of_every_protocol_load(bench, tmp_path, protocol):
+    cfg = bench.resolve("none", "resnet18", "cifar100", "paper").dataset
+    folder = write_cifar100(tmp_path)
+    for name in ("train", "test"):
+        entry = pickle.loads((folder / name).read_bytes())
+        (folder / name).write_bytes(pickle.dumps(entry, protocol=protocol))
+    (xtr, ytr), _ = load_cifar(cfg, tmp_path, False)
+    assert xtr.shape == (64, 3, 32, 32) and ytr.dtype == torch.int64
+
+
+def test_a_cifar_pickle_that_carries_code_is_refused_without_running_it(bench, tmp_path):
+    cfg = bench.resolve("none", "resnet18", "cifar100", "paper").dataset
+    folder = write_cifar100(tmp_path)
+    marker = tmp_path / "pwned"
+    entry = pickle.loads((folder / "train").read_bytes())
+    entry[b"batch_label"] = _WritesAMarker(marker)
+    (folder / "train").write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(DiscbenchError, match=r"train is corrupt or not a CIFAR pickle \(it names io.open"):
+        load_cifar(cfg, tmp_path, False)
+    assert not marker.exists()
+    pickle.loads((folder / "train").read_bytes())  # the same file, through pickle.load: the payload runs
+    assert marker.exists()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -134,3 +135,58 @@ def test_the_page_in_a_headless_browser_sorts_filters_and_matches_the_markdown(r
         browser.close()
     assert SCREENSHOT.stat().st_size > 10_000
     print(f"screenshot: {SCREENSHOT}", file=os.sys.stderr)
+
+
+def test_publish_never_deletes_or_overwrites_what_it_did_not_write(runs, tmp_path, capsys, monkeypatch):
+    site = tmp_path / "site"
+    (site / "figures").mkdir(parents=True)
+    (site / "figures" / "notes.txt").write_text("mine")
+    (site / "LEADERBOARD.md").write_text("my own table")
+    status, _, err = discbench(capsys, monkeypatch, "publish", "--results-dir", str(runs), "--out", str(site))
+    assert status == 2 and "publish did not write (e.g. LEADERBOARD.md)" in err and "--replace" in err
+    assert (site / "LEADERBOARD.md").read_text() == "my own table" and not (site / "index.html").exists()
+    assert sorted(p.name for p in site.iterdir()) == ["LEADERBOARD.md", "figures"]  # no staging folder left
+    status, _, err = discbench(capsys, monkeypatch, "publish", "--results-dir", str(runs), "--out", str(site),
+                               "--replace")
+    assert status == 0, err
+    assert (site / "figures" / "notes.txt").read_text() == "mine"  # replaced only what publish writes
+    assert "# Figures" in (site / "LEADERBOARD.md").read_text()
+    written = set(json.loads((site / ".discbench-site.json").read_text()))
+    assert {"LEADERBOARD.md", "index.html"} <= written and "figures/notes.txt" not in written
+    # a second publish of fewer records: its own stale files go, the user's stay
+    (site / "figures" / "stale.png").write_text("")  # the user's file of a name publish never wrote
+    assert (site / "records" / f"{'1' * 16}-seed0.json").exists() and any((site / "figures").glob("terms__*"))
+    for path in runs.rglob(f"*{'1' * 16}*"):  # MI+SI's records go (and, of the MUSE rows, MI×SI's term history)
+        path.unlink()
+    for path in runs.rglob(f"*{'3' * 16}*"):
+        path.unlink()
+    status, _, err = discbench(capsys, monkeypatch, "publish", "--results-dir", str(runs), "--out", str(site))
+    assert status == 0, err
+    assert not (site / "records" / f"{'1' * 16}-seed0.json").exists() and not any((site / "figures").glob("terms__*"))
+    assert (site / "figures" / "notes.txt").exists() and (site / "figures" / "stale.png").exists()
+
+
+def test_publish_never_touches_its_inputs(runs, tmp_path, capsys, monkeypatch):
+    site = tmp_path / "site"
+    status, _, err = discbench(capsys, monkeypatch, "publish", "--results-dir", str(runs), "--out", str(site))
+    assert status == 0, err
+    before = sorted((site / "records").iterdir())
+    status, _, err = discbench(capsys, monkeypatch, "publish", "--results-dir", str(site / "records"),
+                               "--out", str(site))
+    assert status == 2 and "lies in the site's records/" in err and len(err.strip().splitlines()) == 1
+    assert sorted((site / "records").iterdir()) == before
+
+
+def test_publish_that_cannot_write_deletes_nothing(runs, tmp_path, capsys, monkeypatch):
+    site = tmp_path / "site"
+    status, _, err = discbench(capsys, monkeypatch, "publish", "--results-dir", str(runs), "--out", str(site))
+    assert status == 0, err
+    files = {p: p.read_bytes() for p in site.rglob("*") if p.is_file()}
+
+    def full(*args, **kwargs):  # a disk that fills up while the site is written (root ignores chmod, ENOSPC not)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("discbench.reporting.html.render_html", full)
+    status, _, err = discbench(capsys, monkeypatch, "publish", "--results-dir", str(runs), "--out", str(site))
+    assert status == 2 and "cannot write the site into" in err and "No space left" in err
+    assert {p: p.read_bytes() for p in site.rglob("*") if p.is_file()} == files

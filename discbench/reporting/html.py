@@ -10,6 +10,7 @@ significance marks, the figures, and in every row links to the run records of it
 from __future__ import annotations
 
 import html
+import json
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -174,13 +175,35 @@ LEGEND = ("Δ: difference of means to the baseline row of the same table and col
           "records' device; Peak memory: CUDA max allocated, or the CPU process's peak RSS (see LEADERBOARD.md).")
 
 
+MANIFEST = ".discbench-site.json"  # the files the last publish wrote into a site directory (relative paths)
+
+
+def _owned(out_dir: Path) -> set[str]:
+    """What an earlier ``publish`` wrote into ``out_dir`` (its manifest); empty when there is none."""
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return set()
+    try:
+        owned = json.loads(path.read_text())
+        if not (isinstance(owned, list) and all(isinstance(p, str) for p in owned)):
+            raise ValueError("not a list of paths")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DiscbenchError(f"{path} is not a manifest publish wrote ({exc}); remove it or choose another --out") \
+            from exc
+    return {p for p in owned if p and not Path(p).is_absolute() and ".." not in Path(p).parts}
+
+
 def publish(results_dirs: Iterable, out_dir: Path, suites=(), budget: str | None = None, config_path=None,
-            echo=None, mix: bool = False) -> list[Path]:
+            echo=None, mix: bool = False, replace: bool = False) -> list[Path]:
     """Write the site into ``out_dir``; the paths written (the markdown, the page, the figures).
 
     A record inside ``out_dir`` (e.g. ``--out results`` over ``results/runs``) is linked where it lies; the others
-    are copied into ``records/<run id>.json``."""
+    are copied into ``records/<run id>.json``. publish owns only what it wrote (``.discbench-site.json`` lists it):
+    it refuses to overwrite a file it did not write unless ``replace``, removes only its own files of an earlier
+    publish that this one no longer writes, never touches its inputs, and writes the whole site into a staging folder
+    first, so that a failure leaves the directory as it was."""
     import os
+    import tempfile
 
     from discbench.records import collect
     from discbench.reporting.figures import section
@@ -189,33 +212,55 @@ def publish(results_dirs: Iterable, out_dir: Path, suites=(), budget: str | None
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DiscbenchError(f"--out {out_dir} is a file; give a directory for the site")
+    site = out_dir.resolve()
+    for given in results_dirs:
+        if "*" not in str(given) and any(Path(given).resolve().is_relative_to(site / sub)
+                                         for sub in ("records", "figures")):
+            raise DiscbenchError(f"--results-dir {given} lies in the site's records/ or figures/, which publish "
+                                 f"rewrites; copy those records elsewhere and pass that directory")
+    previous = _owned(out_dir)
     found = collect(list(results_dirs))
     for line in found.messages():
         if echo:
             echo(line)
     parts = sections(found.records, suites, budget, config_path, mix)
-    figures_dir = out_dir / "figures"
-    if figures_dir.exists():
-        shutil.rmtree(figures_dir)
-    figures_md, figures = section(parts, figures_dir)
-    md = combine(parts) + "\n" + figures_md
-    rows = [row for name, _, records in parts for row in board_rows(name, records)]
-    records_dir = out_dir / "records"
-    if records_dir.exists():
-        shutil.rmtree(records_dir)
-    site = out_dir.resolve()
-    links = {}
-    for run_id in sorted({rid for row in rows for _, rid in row["runs"]}):
-        source = found.sources[run_id][0].resolve()
-        if source.is_relative_to(site):
-            links[run_id] = Path(os.path.relpath(source, site)).as_posix()
-        else:
-            records_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, records_dir / f"{run_id}.json")
-            links[run_id] = f"records/{run_id}.json"
-    for row in rows:
-        row["links"] = [(seed, links[rid]) for seed, rid in row["runs"]]
-    written = [out_dir / "LEADERBOARD.md", out_dir / "index.html"]
-    atomic_write_text(written[0], md + "\n")
-    atomic_write_text(written[1], render_html(rows, [(f.caption, f.png) for f in figures], LEGEND))
-    return written + [out_dir / f.png for f in figures]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=out_dir))
+    except OSError as exc:
+        raise DiscbenchError(f"cannot write the site into {out_dir} ({exc.strerror or exc}); fix its permissions "
+                             f"or choose another --out") from exc
+    try:
+        figures_md, figures = section(parts, staging / "figures")
+        md = combine(parts) + "\n" + figures_md
+        rows = [row for name, _, records in parts for row in board_rows(name, records)]
+        links = {}
+        for run_id in sorted({rid for row in rows for _, rid in row["runs"]}):
+            source = found.sources[run_id][0].resolve()
+            if source.is_relative_to(site):
+                links[run_id] = Path(os.path.relpath(source, site)).as_posix()
+            else:
+                (staging / "records").mkdir(exist_ok=True)
+                shutil.copyfile(source, staging / "records" / f"{run_id}.json")
+                links[run_id] = f"records/{run_id}.json"
+        for row in rows:
+            row["links"] = [(seed, links[rid]) for seed, rid in row["runs"]]
+        atomic_write_text(staging / "LEADERBOARD.md", md + "\n")
+        atomic_write_text(staging / "index.html", render_html(rows, [(f.caption, f.png) for f in figures], LEGEND))
+        new = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+        foreign = [rel for rel in new if rel not in previous and (out_dir / rel).exists()]
+        if foreign and not replace:
+            raise DiscbenchError(f"--out {out_dir} holds {len(foreign)} file(s) publish did not write (e.g. "
+                                 f"{foreign[0]}); choose an empty directory, or pass --replace to overwrite them")
+        for rel in new:
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / rel, out_dir / rel)
+        for rel in sorted(previous - set(new)):  # our own files of the last publish that this one no longer writes
+            (out_dir / rel).unlink(missing_ok=True)
+        atomic_write_text(out_dir / MANIFEST, json.dumps(new, indent=0) + "\n")
+    except OSError as exc:
+        raise DiscbenchError(f"cannot write the site into {out_dir} ({exc.strerror or exc}); fix its permissions "
+                             f"or choose another --out") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out_dir / "LEADERBOARD.md", out_dir / "index.html"] + [out_dir / f.png for f in figures]

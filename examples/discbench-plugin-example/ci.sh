@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 python -m pip install -e . pytest
-discbench list losses | tee /dev/stderr | grep -q '^cosine_hint .*hyper-parameters'   # listed, not an ERROR row
+# listed, not an ERROR row (the listing is captured first: `grep -q` in a pipe exits at the first match and
+# the writer's SIGPIPE would fail the pipeline under pipefail)
+listing="$(discbench list losses)"
+printf '%s\n' "$listing" >&2
+grep '^cosine_hint .*hyper-parameters' <<<"$listing" > /dev/null
 discbench validate --loss cosine_hint     # exit status 1 if any contract check fails, 2 if the plugin cannot load
 python -m pytest -q tests
