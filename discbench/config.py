@@ -394,7 +394,7 @@ class Bench:
         unknown = sorted(set(table) - set(METHOD_KEYS))
         if unknown:
             raise DiscbenchError(unknown_key_message(where, unknown[0], METHOD_KEYS))
-        plugin = table["plugin"] if "plugin" in table else (name if name in losses else "")
+        plugin = table.get("plugin", name if name in losses else "")
         per_protocol = table.get("protocols", {})
         if not isinstance(per_protocol, Mapping):
             raise DiscbenchError(f"{where}: 'protocols' must be a table of protocol names")

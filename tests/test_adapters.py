@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 import torchvision
-from discbench.backbones import adapters
 
+from discbench.backbones import adapters
 from discbench.errors import DiscbenchError
 from discbench.registry import BACKBONES
 from tests.conftest import requires_fashion_mnist

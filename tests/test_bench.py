@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from discbench.errors import DiscbenchError
 from discbench import critic_bench as bench
+from discbench.errors import DiscbenchError
 from tests.test_cli import discbench
 
 KIB = 1024

@@ -1,6 +1,6 @@
-"""A command line that answers at once: ``--help``, ``list budgets``, ``list suites``, ``list losses``, ``validate --help`` and
-``leaderboard`` import neither torch nor torchvision (checked on ``sys.modules``, not timed: the times are in
-benchmarks/bench_cli_startup.py), and ``leaderboard`` writes a file only when ``--out`` names one."""
+"""A command line that answers at once: ``--help``, ``list budgets``, ``list suites``, ``list losses``,
+``validate --help`` and ``leaderboard`` import neither torch nor torchvision (checked on ``sys.modules``, not timed:
+the times are in benchmarks/bench_cli_startup.py), and ``leaderboard`` writes a file only when ``--out`` names one."""
 
 from __future__ import annotations
 
@@ -98,12 +98,14 @@ def test_an_edited_loss_file_is_read_as_it_is_and_a_computed_default_falls_back_
     kd = copy / "kd.py"
     kd.write_text(kd.read_text().replace("temperature: float = 4.0", "temperature: float = 5.0"))
     assert next(c for c in static_cards(copy) if c.name == "kd").hparams == {"temperature": "5.0"}
-    (copy / "kd2.py").write_text(kd.read_text().replace('name = "kd"', 'name = "kd2"').replace("class KD(", "class KD2("))
+    kd2 = kd.read_text().replace('name = "kd"', 'name = "kd2"').replace("class KD(", "class KD2(")
+    (copy / "kd2.py").write_text(kd2)
     assert next(c for c in static_cards(copy) if c.name == "kd2").hparams == {"temperature": "5.0"}
     kd.write_text(kd.read_text().replace("temperature: float = 5.0", "temperature: float = 2.0 * 2"))
     with pytest.raises(Unreadable, match=r"2\.0 \* 2"):
         static_cards(copy)
     # the listing then imports the (real) classes instead of describing them from what it cannot read
     real = catalog.package_dir
-    monkeypatch.setattr(catalog, "package_dir", lambda package: copy if package == "discbench.losses" else real(package))
+    monkeypatch.setattr(catalog, "package_dir",
+                        lambda package: copy if package == "discbench.losses" else real(package))
     assert catalog.loss_cards() == imported_cards()

@@ -2,7 +2,8 @@
 
 Each case goes through the console entry point and must end in one line, exit status 2, no record and nothing left
 in the results directory. Cases that used to fail only after training are run with the training loop
-(``discbench.train.train``, as ``discbench.runner`` calls it) replaced by a sentinel: they must fail before the first step, so the sentinel is never called.
+(``discbench.train.train``, as ``discbench.runner`` calls it) replaced by a sentinel: they must fail before the first
+step, so the sentinel is never called.
 """
 
 from __future__ import annotations

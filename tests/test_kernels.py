@@ -179,10 +179,9 @@ def test_training_runs_agree_across_implementations(bench, monkeypatch):
     steps differ by the gradients' rounding, which these runs amplify (a 1e-7 relative perturbation of the initial
     weights moves the loss by 1e-3 after five steps at lr 0.05), hence a low lr. Measured: <= 1e-5 relative.
     """
-    from discbench.losses import muse
-
     import discbench.train as train
     from discbench.data import open_dataset
+    from discbench.losses import muse
 
     monkeypatch.setattr(muse, "RECOMPUTE_MIN_ELEMENTS", 0)
     cfg = bench.resolve("mi_x_si", "smallnet", "fashion-mnist", "smoke", "self", (*TINY, "recipe.lr=0.001"), None)

@@ -7,10 +7,10 @@ import copy
 
 import pytest
 import torch
-from discbench.losses import muse
-from discbench.losses.muse import InfoMaxEncoder, RecomputedInfoMax
 
 from discbench.critic_bench import cpu_peak_bytes
+from discbench.losses import muse
+from discbench.losses.muse import InfoMaxEncoder, RecomputedInfoMax
 from tests.critic_cases import muse_step
 
 

@@ -150,7 +150,8 @@ def test_fitnet_offline_is_the_single_hint(bench):
 
 @pytest.mark.parametrize("loss,protocol,partner,message", [
     ("dml", "self", {}, "'dml' is not defined for protocol 'self'; it is defined for: online"),
-    ("kdcl", "offline", {"teacher": "smallnet"}, "'kdcl' is not defined for protocol 'offline'; it is defined for: online"),
+    ("kdcl", "offline", {"teacher": "smallnet"},
+     "'kdcl' is not defined for protocol 'offline'; it is defined for: online"),
     ("l2", "online", {}, "'l2' is not defined for protocol 'online'; it is defined for: self"),
     ("ce", "online", {}, "'ce' is not defined for protocol 'online'; it is defined for: self"),
     ("mi", "self", {"peer": "smallnet"}, "--peer does not apply to protocol 'self', which trains one network"),

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from discbench.losses.crd import CRD
-from discbench.losses.muse import InfoMaxEncoder
 
 from discbench.api import FeatureSpec, LossContext, count_parameters
 from discbench.errors import DiscbenchError
+from discbench.losses.crd import CRD
+from discbench.losses.muse import InfoMaxEncoder
 from discbench.registry import LOSSES
 
 

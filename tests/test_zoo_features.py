@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from discbench.losses.adversarial import discriminator_loss
-from discbench.losses.fitnet import ConvRegressor
-from discbench.losses.mmd import gaussian_kernel, linear_kernel, median_bandwidth, mmd2
 from torch import nn
 
 from discbench.api import FeatureSpec, LossContext
+from discbench.losses.adversarial import discriminator_loss
+from discbench.losses.fitnet import ConvRegressor
+from discbench.losses.mmd import gaussian_kernel, linear_kernel, median_bandwidth, mmd2
 from discbench.registry import LOSSES
 
 CTX = LossContext(step=0, epoch=0, protocol="offline", labels=torch.zeros(2, dtype=torch.long),
