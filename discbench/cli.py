@@ -591,8 +591,11 @@ def teacher_list(teacher_store):
     store = TeacherStore(teacher_store)
     manifests = store.manifests()
     click.echo(f"teacher store: {store.root}")
+    for line in store.invalid:
+        click.echo(f"skipped: {line}", err=True)
     if not manifests:
-        click.echo("no teachers; train one with 'discbench train-teacher --backbone NAME'")
+        click.echo(("no valid teachers" if store.invalid else "no teachers")
+                   + "; train one with 'discbench train-teacher --backbone NAME'")
         return
     from tabulate import tabulate
 

@@ -227,6 +227,33 @@ def check_impls(impls: list[str], device: torch.device) -> None:
                              f"{', '.join(available_impls(device))}")
 
 
+def lower_bound_bytes(case: Case) -> int:
+    """A lower bound of the bytes one case allocates: its fp32 local codes (B, N, D) and their gradient, and for the
+    reference critic the (B, B, N) scores it materialises, with their gradient."""
+    codes = 2 * 4 * case.batch * case.locations * case.dim
+    scores = 2 * 4 * case.batch * case.batch * case.locations if case.impl == "ref" else 0
+    return codes + scores
+
+
+def device_memory(device: torch.device) -> int:
+    """The device's total memory in bytes (physical memory on CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(cases: list[Case], device: torch.device) -> None:
+    """Refuse, before anything is allocated, a grid with a case that cannot fit on the device."""
+    total = device_memory(device)
+    for case in cases:
+        need = lower_bound_bytes(case)
+        if need > total:
+            raise DiscbenchError(
+                f"{case.mode} {case.impl} with B={case.batch}, N={case.locations}, D={case.dim} needs at least "
+                f"{need / 2**30:,.0f} GiB, more than the {total / 2**30:,.0f} GiB of {device.type}; choose a smaller "
+                f"--side or --batch")
+
+
 def add_ratios(rows: list[dict]) -> list[dict]:
     """Each row's speed-up and memory saving against the reference row of the same mode, B, N and D (if measured)."""
     refs = {(r["mode"], r["batch"], r["locations"], r["dim"], r.get("autocast")): r for r in rows
@@ -281,8 +308,10 @@ def run(modes: list[str], impls: list[str], batches: list[int], locations: list[
     """Measure every case of the grid (under ``autocast``, see ``effective_autocast``); rows come back with their
     ratios to the reference."""
     check_impls(impls, device)
+    grid = list(cases(modes, impls, batches, locations, dim, effective_autocast(autocast, device)))
+    check_memory(grid, device)
     rows = []
-    for case in cases(modes, impls, batches, locations, dim, effective_autocast(autocast, device)):
+    for case in grid:
         if progress:
             progress(case)
         rows.append(measure(case, device, repeats, warmup))

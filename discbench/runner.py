@@ -232,6 +232,7 @@ def train_teachers(ws: Workspace, backbone: str, dataset: str, budget: str, seed
     (its students need it), then used."""
     opts = ws.options
     cfg = teacher_config(ws.bench, backbone, dataset, budget, overrides)
+    ws.teachers.check_writable()  # before training, not after
     stored = []
     for seed in seeds:
         teacher_id = f"{cfg.hash}-seed{seed}"

@@ -18,10 +18,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,31 +77,89 @@ class Teacher:
         return {**{k: self.manifest.get(k) for k in keys}, "store": str(self.store)}
 
 
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+MANIFEST_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "teacher_id": ("a string", lambda v: isinstance(v, str) and bool(v)),
+    "backbone": ("a string", lambda v: isinstance(v, str) and bool(v)),
+    "dataset": ("a string", lambda v: isinstance(v, str) and bool(v)),
+    "budget": ("a string", lambda v: isinstance(v, str) and bool(v)),
+    "source": ("a string", lambda v: isinstance(v, str)),
+    "num_classes": ("an integer >= 1", lambda v: _is_int(v, 1)),
+    "in_channels": ("an integer >= 1", lambda v: _is_int(v, 1)),
+    "seed": ("an integer >= 0", lambda v: _is_int(v, 0)),
+    "top1": ("a top-1 in [0, 100] or null", lambda v: v is None or (
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 100)),
+    "sha256": ("64 hex digits", lambda v: isinstance(v, str) and len(v) == 64
+               and all(c in "0123456789abcdef" for c in v)),
+}
+
+
+STORE_AGAIN = "delete the teacher's folder and store it again"
+
+
+def check_manifest(manifest: Any, where: str, fix: str = STORE_AGAIN) -> dict[str, Any]:
+    """``manifest`` if it has every field a teacher needs, each of the right type; else a one-line error."""
+    if not isinstance(manifest, dict):
+        raise DiscbenchError(f"{where} is not a teacher manifest (a JSON object); {fix}")
+    for key, (what, ok) in MANIFEST_FIELDS.items():
+        if key not in manifest:
+            raise DiscbenchError(f"{where} has no '{key}'; {fix}")
+        if not ok(manifest[key]):
+            raise DiscbenchError(f"{where}: '{key}' must be {what}, got {manifest[key]!r}; {fix}")
+    return manifest
+
+
 class TeacherStore:
     """The directory of stored teachers (see the module docstring)."""
 
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root else default_store()
+        self.invalid: list[str] = []  # what manifests() skipped, one line each
+
+    def _check_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise DiscbenchError(f"the teacher store {self.root} is a file, not a directory; pass --teacher-store "
+                                 f"DIR or set DISCBENCH_TEACHERS to a directory")
+
+    def check_writable(self) -> None:
+        """Fail in one line, before anything trains, when a teacher could not be stored here."""
+        self._check_root()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-")).rmdir()
+        except OSError as exc:
+            raise DiscbenchError(f"cannot store teachers in {self.root} ({exc.strerror or exc}); fix its "
+                                 f"permissions or pass another --teacher-store") from exc
 
     def manifests(self) -> list[dict[str, Any]]:
-        """Every teacher's manifest, sorted by backbone, dataset, budget and seed (unreadable ones are skipped)."""
-        out = []
+        """Every valid teacher manifest, sorted by backbone, dataset, budget and seed; each invalid one is skipped
+        and described in ``self.invalid``."""
+        self._check_root()
+        out, self.invalid = [], []
         for path in sorted(self.root.glob("*/manifest.json")) if self.root.is_dir() else []:
             try:
-                out.append(json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError):
-                continue
+                out.append(self._read(path))
+            except DiscbenchError as exc:
+                self.invalid.append(str(exc))
         return sorted(out, key=lambda m: (m["backbone"], m["dataset"], m["budget"], m["seed"], m["teacher_id"]))
 
     def manifest(self, teacher_id: str) -> dict[str, Any] | None:
+        self._check_root()
         path = self.root / teacher_id / "manifest.json"
-        if not path.is_file():
-            return None
+        return self._read(path) if path.is_file() else None
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any]:
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DiscbenchError(f"{path} is not valid JSON ({exc}); delete {path.parent} and store the teacher "
-                                 f"again") from exc
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            reason = "too deeply nested" if isinstance(exc, RecursionError) else str(exc)
+            raise DiscbenchError(f"{path} is not readable JSON ({reason}); delete {path.parent} and store the "
+                                 f"teacher again") from exc
+        return check_manifest(data, str(path))
 
     # -- finding --------------------------------------------------------------------------------------------------
     def find(self, bench: Bench, cfg: RunConfig) -> dict[str, Any]:
@@ -167,6 +227,9 @@ class TeacherStore:
     def save(self, network: nn.Module, manifest: dict[str, Any], force: bool = False) -> Path:
         """Write ``network``'s state dict and ``manifest`` (completed with the weights' sha256) as one directory,
         atomically: a killed writer leaves no half-stored teacher."""
+        check_manifest({**manifest, "sha256": "0" * 64}, f"teacher {manifest.get('teacher_id')}",
+                       "nothing was stored (an imported checkpoint's 'accuracy' must be a top-1 in percent)")
+        self._check_root()
         target = self.root / manifest["teacher_id"]
         if target.exists() and not force:
             raise DiscbenchError(f"teacher {manifest['teacher_id']} is already stored in {self.root} (--force "

@@ -102,6 +102,7 @@ def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys, monkey
     (["--impl", "triton"], "implementation(s) triton cannot run on cpu; available: ref, torch"),
     (["--batch", "4,x"], "--batch takes positive integers separated by commas, got '4,x'"),
     (["--side", "0"], "--side takes positive integers"),
+    (["--side", "2,100000", "--batch", "64"], "critic ref with B=64, N=10000000000, D=4 needs at least"),
 ])
 def test_bench_command_bad_input(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -109,3 +110,12 @@ def test_bench_command_bad_input(tmp_path, capsys, monkeypatch, args, message):
                                "--out", str(tmp_path / "b.json"), "--quiet", *args)
     assert status == 2 and message in err.strip().splitlines()[-1]
     assert not (tmp_path / "b.json").exists()
+
+
+def test_the_memory_bound_is_the_reference_scores_and_the_codes():
+    case = bench.Case("critic", "ref", batch=8, locations=16, dim=4)
+    assert bench.lower_bound_bytes(case) == 2 * 4 * 8 * 16 * 4 + 2 * 4 * 8 * 8 * 16  # codes + (B, B, N) scores
+    assert bench.lower_bound_bytes(bench.Case("critic", "torch", 8, 16, 4)) == 2 * 4 * 8 * 16 * 4
+    huge = bench.Case("critic", "torch", batch=1, locations=2, dim=bench.device_memory(torch.device("cpu")))
+    with pytest.raises(DiscbenchError, match="needs at least"):
+        bench.check_memory([huge], torch.device("cpu"))  # refused before anything is allocated

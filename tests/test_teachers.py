@@ -212,3 +212,60 @@ def test_repdistiller_teacher_import_then_offline_on_cifar100(tmp_path, env, cap
     assert rec["teacher"]["source"] == "repdistiller" and rec["teacher"]["top1"] == pytest.approx(72.34)
     assert rec["cost"]["teacher_params"] == 861_620 and rec["timing"]["steps"] == 2
     assert {"mi@student.1", "si@student.3", "kd@student"} <= set(rec["final_train_terms"])
+
+
+# -- untrusted manifests and unusable stores (issue 21's second hostile pass) ----------------------------------------
+GOOD_MANIFEST = {"teacher_id": "abc-seed0", "backbone": "smallnet", "dataset": "fashion-mnist", "num_classes": 10,
+                 "in_channels": 1, "image_size": 28, "budget": "smoke", "seed": 0, "top1": 91.5, "source": "trained",
+                 "sha256": "0" * 64}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("not json {", "is not readable JSON"),
+    ("[" * 100_000 + "]" * 100_000, "too deeply nested"),
+    (json.dumps({**GOOD_MANIFEST, "top1": "91.5"}), "'top1' must be a top-1 in [0, 100] or null, got '91.5'"),
+    (json.dumps({**GOOD_MANIFEST, "top1": float("nan")}), "'top1' must be a top-1 in [0, 100] or null, got nan"),
+    (json.dumps({**GOOD_MANIFEST, "seed": "0"}), "'seed' must be an integer >= 0"),
+    (json.dumps({k: v for k, v in GOOD_MANIFEST.items() if k != "sha256"}), "has no 'sha256'"),
+    (json.dumps([1, 2]), "is not a teacher manifest"),
+])
+def test_a_manifest_that_lies_is_refused_in_one_line_and_listed_as_skipped(env, capsys, monkeypatch, text, message):
+    from discbench.teachers import TeacherStore
+
+    folder = env["store"] / "abc-seed0"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(text)
+    with pytest.raises(DiscbenchError, match="store (it|the teacher) again") as info:
+        TeacherStore(env["store"]).manifest("abc-seed0")
+    assert message in str(info.value) and "\n" not in str(info.value)
+    status, out, err = discbench(capsys, monkeypatch, "teacher", "list")
+    assert status == 0 and "no valid teachers" in out and message in err and "Traceback" not in err
+
+
+def test_a_teacher_store_that_is_a_file_is_one_line_before_anything_trains(env, tmp_path, capsys, monkeypatch):
+    store = tmp_path / "store-file"
+    store.write_text("")
+    monkeypatch.setenv("DISCBENCH_TEACHERS", str(store))
+    status, _, err = discbench(capsys, monkeypatch, "teacher", "list")
+    assert status == 2 and "is a file, not a directory" in err and one_error_line(err)
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained although the teacher could not be stored")
+
+    monkeypatch.setattr("discbench.runner.train", never)
+    status, _, err = discbench(capsys, monkeypatch, "train-teacher", "--backbone", "smallnet", "--budget", "tiny",
+                               "--quiet", "--config", env["config"], "--results-dir", str(env["runs"]))
+    assert status == 2 and "is a file, not a directory" in err and one_error_line(err)
+
+
+@pytest.mark.parametrize("accuracy", [float("nan"), 1e9, -3.0])
+def test_an_imported_accuracy_that_is_no_top1_is_refused_and_nothing_stored(tmp_path, env, capsys, monkeypatch,
+                                                                           accuracy):
+    from tests.test_cifar_backbones import random_repdistiller_state
+
+    checkpoint = tmp_path / "ckpt.pth"
+    torch.save({"model": random_repdistiller_state("resnet56"), "accuracy": accuracy}, checkpoint)
+    status, _, err = discbench(capsys, monkeypatch, "teacher", "import", str(checkpoint), "--backbone", "resnet56",
+                               "--dataset", "cifar100", "--config", env["config"])
+    assert status == 2 and "'top1' must be a top-1 in [0, 100]" in err and one_error_line(err)
+    assert not env["store"].exists() or not [p for p in env["store"].iterdir()]
