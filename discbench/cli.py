@@ -341,18 +341,26 @@ def plan(suite, detect, budget, results_dirs, config_path):
 @click.argument("directories", nargs=-1, required=True)
 @click.option("--clean", is_flag=True, help="Also remove orphaned temporary files of killed writers.")
 def check_records(directories, clean):
-    """Validate every record under DIRECTORIES (against discbench/record.schema.json): one line per invalid file,
-    duplicate, conflict or orphaned temporary file; exit 1 if any file is invalid or any run id conflicts."""
+    """Validate every record under DIRECTORIES (against discbench/record.schema.json, and its config_hash against
+    the hash of its configuration): one line per invalid file, duplicate, conflict or orphaned temporary file; exit 1
+    if any file is invalid or any run id conflicts."""
+    from discbench.config import config_digest
     from discbench.records import collect
 
     found = collect(directories, remove_orphaned=clean)
     for line in found.messages():
         click.echo(line)
+    edited = [r for r in found.records if r.config and config_digest(r.config) != r.config_hash]  # edited later?
+    for r in edited:
+        click.echo(f"{found.sources[r.run_id][0]}: config_hash {r.config_hash} is not the hash of its configuration "
+                   f"({config_digest(r.config)}): the configuration was edited after the run, or the record "
+                   f"predates harness version 2")
     n_files = sum(len(v) for v in found.sources.values()) + len(found.problems)
-    click.echo(f"{n_files} files: {len(found.records)} valid runs, {len(found.problems)} invalid, "
-               f"{len(found.duplicates)} duplicated, {len(found.conflicts)} conflicting, {len(found.orphans)} "
-               f"orphaned temporary files" + (" (removed)" if clean and found.orphans else ""))
-    if found.problems or found.conflicts:
+    click.echo(f"{n_files} files: {len(found.records) - len(edited)} valid runs, "
+               f"{len(found.problems) + len(edited)} invalid, {len(found.duplicates)} duplicated, "
+               f"{len(found.conflicts)} conflicting, {len(found.orphans)} orphaned temporary files"
+               + (" (removed)" if clean and found.orphans else ""))
+    if found.problems or found.conflicts or edited:
         sys.exit(1)
 
 
@@ -362,6 +370,7 @@ def check_records(directories, clean):
 @click.option("--seeds", default=None, type=click.IntRange(min=1, max=10_000), help="Seeds per row instead of the "
                                                                                     "suite's.")
 @click.option("--stale-after", default=600.0, show_default=True, type=click.FloatRange(min=0.0), metavar="SECONDS",
+              callback=lambda ctx, param, value: _finite(param, value),
               help="A claim whose heartbeat is older than this counts as stale (pending).")
 @results_option
 @config_option

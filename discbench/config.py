@@ -148,36 +148,31 @@ class RunConfig:
             out["notes"] = list(self.notes)
         return out
 
-    def _payload(self) -> dict[str, Any]:
-        payload = self.to_dict()
-        payload.pop("label")
-        payload.pop("notes", None)
-        payload["harness"] = HARNESS_VERSION
-        return payload
-
-    @staticmethod
-    def _digest(payload: dict[str, Any]) -> str:
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
     @property
     def hash(self) -> str:
         """16 hex digits of the SHA-256 of the canonical JSON of the configuration, without its label (with the
         teacher's identity, when there is one)."""
-        return self._digest(self._payload())
+        return config_digest(self.to_dict())
 
     @property
     def request_hash(self) -> str:
         """The hash of what was asked for, before a teacher was looked up: suites find their records by it (a
         leaderboard can be rendered without the teacher store). Equal to ``hash`` for runs without a teacher."""
-        payload = self._payload()
-        payload.pop("teacher", None)
-        return self._digest(payload)
+        return config_digest({k: v for k, v in self.to_dict().items() if k != "teacher"})
 
     @property
     def is_baseline(self) -> bool:
         """Whether this run trains without any distillation term (its protocol decides)."""
         return PROTOCOLS.get(self.protocol_name).is_baseline(self)
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """The hash of a configuration as ``RunConfig.to_dict`` writes it (a record's ``config``): 16 hex digits of the
+    SHA-256 of its canonical JSON without the label and notes, with the harness version."""
+    payload = {k: v for k, v in config.items() if k not in ("label", "notes")}
+    payload["harness"] = HARNESS_VERSION
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def parse_override(item: str) -> tuple[str, str, Any]:

@@ -310,3 +310,21 @@ def test_term_history_keeps_window_means_and_at_most_max_points():
     assert out["every"] == 3 and out["steps"] == [3, 6, 9]
     assert out["terms"] == {"loss": [2.0, 5.0, 8.0], "mi@1": [4.0, 10.0, 16.0]}  # means of (1,2,3), (4,5,6), (7,8,9)
     assert TermHistory(total_steps=50).every == 1 and TermHistory(total_steps=78_200).every == 782
+
+
+def test_check_records_recomputes_the_hash_of_each_configuration(tmp_path, capsys, monkeypatch):
+    """A record whose configuration was edited while its hash was kept is invalid: the hash is recomputed."""
+    from discbench.config import Bench, config_digest
+
+    cfg = Bench.load(None).resolve("none", "tinynet", "fashion-mnist", "zoo")
+    assert config_digest(cfg.to_dict()) == cfg.hash  # the function the hash property uses
+    rec = dataclasses.replace(record("none", 0, {4: 80.0}, loss="", hash_=cfg.hash), config=cfg.to_dict())
+    path = write(tmp_path / "runs", rec)
+    status, out, _ = discbench(capsys, monkeypatch, "check-records", str(tmp_path / "runs"))
+    assert status == 0 and "1 valid runs, 0 invalid" in out
+    data = json.loads(path.read_text())
+    data["config"]["recipe"]["lr"] = 0.5  # a better-looking learning rate, the hash kept
+    path.write_text(json.dumps(data))
+    status, out, _ = discbench(capsys, monkeypatch, "check-records", str(tmp_path / "runs"))
+    assert status == 1 and f"config_hash {cfg.hash} is not the hash of its configuration" in out
+    assert "0 valid runs, 1 invalid" in out.splitlines()[-1]
