@@ -5,7 +5,19 @@ class DiscbenchError(Exception):
     """An error caused by input the user can fix; the CLI prints its message as one line and exits with 2."""
 
 
-class NonFiniteLossError(DiscbenchError):
+class TrainingFailure(DiscbenchError):
+    """A seed that trained and then failed (as opposed to a refusal, a ``DiscbenchError`` raised before training on
+    input the user can fix): its failure record (``<hash>__seed<k>.failed``) says why, for ``discbench status``."""
+
+
+def leaves_failure_record(exc: BaseException) -> bool:
+    """Whether ``exc`` ends a seed that a failure record should describe: a crash or a ``TrainingFailure``. A
+    refusal (any other ``DiscbenchError``: a configuration, plugin, backbone or dataset that cannot run) leaves
+    nothing behind; its one line says what to fix."""
+    return not isinstance(exc, DiscbenchError) or isinstance(exc, TrainingFailure)
+
+
+class NonFiniteLossError(TrainingFailure):
     """A loss term became NaN or infinite during training."""
 
     def __init__(self, term, step: int, epoch: int, value: float):
@@ -18,7 +30,7 @@ class NonFiniteLossError(DiscbenchError):
         )
 
 
-class NonFiniteWeightsError(DiscbenchError):
+class NonFiniteWeightsError(TrainingFailure):
     """A parameter or buffer of the trained system is NaN or infinite at the end of an epoch."""
 
     def __init__(self, name: str, epoch: int):

@@ -24,7 +24,7 @@ from discbench.claims import DEFAULT_STALE_AFTER
 from discbench.config import Bench, RunConfig
 from discbench.contract import preflight
 from discbench.distributed import Distributed
-from discbench.errors import DiscbenchError
+from discbench.errors import DiscbenchError, leaves_failure_record
 from discbench.machine import usable_cpus
 from discbench.records import (
     DEFAULT_RESULTS_DIR,
@@ -207,7 +207,7 @@ def run_seeds(ws: Workspace, cfg: RunConfig, seeds: Iterable[int]) -> list[Path]
         except (Preempted, KeyboardInterrupt):
             raise  # the checkpoint is the record of progress; the seed is pending, not failed
         except Exception as exc:
-            if dist.is_main:
+            if dist.is_main and leaves_failure_record(exc):
                 claims.write_failure(files, cfg, seed, exc)
             if not opts.keep_going:
                 raise
@@ -276,7 +276,8 @@ def train_teachers(ws: Workspace, backbone: str, dataset: str, budget: str, seed
         except (Preempted, KeyboardInterrupt):
             raise
         except Exception as exc:
-            claims.write_failure(files, cfg, seed, exc)
+            if leaves_failure_record(exc):
+                claims.write_failure(files, cfg, seed, exc)
             raise
         finally:
             claim.release()

@@ -241,3 +241,20 @@ def test_records_are_strict_json(tmp_path):
 def test_tiny_recipe_still_resolves(bench):
     cfg = bench.resolve("mi_x_si", "smallnet", "fashion-mnist", "smoke", overrides=TINY)
     assert cfg.recipe.epochs == 1 and cfg.recipe.milestones == ()
+
+
+@pytest.mark.parametrize("env,args,message", [
+    ({"DISCBENCH_IMPL": "garbage"}, ["--loss", "mi_x_si"], "DISCBENCH_IMPL='garbage' is not one of"),
+    ({}, ["--loss", "none", "--backbone", "tv:vgg11"], "backbone 'tv:vgg11' at 28x28"),
+])
+def test_a_refusal_leaves_no_failure_record(capsys, monkeypatch, tmp_path, env, args, message):
+    """A refusal (nothing trained) is one line and leaves no `.failed` file: `discbench status` keeps the seed
+    pending, not failed; only a seed that trained and then failed (the case above) leaves one. The directory's lock
+    file is the only thing a refusal may leave."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    res = tmp_path / "runs"
+    status, _, err = run_smallnet(capsys, monkeypatch, res, *args)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert status == 2 and message in lines[-1] and "Traceback" not in err
+    assert [f for f in files_under(res) if not f.endswith("/.claims.lock")] == []
