@@ -191,6 +191,8 @@ def run_seeds(ws: Workspace, cfg: RunConfig, seeds: Iterable[int]) -> list[Path]
                     say(f"skip {cfg.label} | {cfg.backbone} | seed {seed}: {done} exists")
                 continue
             plan = CheckpointPlan(files.checkpoint, every_steps=opts.checkpoint_every, writer=dist.is_main)
+            if existing and dist.is_main:  # --force over a finished seed: a kept checkpoint would resume at its end
+                plan.remove()  # (only the main rank reads checkpoints)
             record = train(cfg, seed, ws.data.get(cfg, ws.device), ws.device, progress=opts.progress, teacher=teacher,
                            checkpoint=plan, dist=dist).record
             if not dist.is_main:
@@ -261,6 +263,8 @@ def train_teachers(ws: Workspace, backbone: str, dataset: str, budget: str, seed
             continue
         try:
             plan = CheckpointPlan(files.checkpoint, every_steps=opts.checkpoint_every)  # a killed teacher resumes
+            if opts.force and ws.teachers.manifest(teacher_id) is not None:
+                plan.remove()  # --force retrains a stored teacher from scratch, whatever checkpoint was kept
             run = train(cfg, seed, ws.data.get(cfg, ws.device), ws.device, progress=opts.progress, checkpoint=plan)
             if find_record(ws.results_dir, cfg, seed) is None:  # the same plain run may be published already
                 write_record(record_path(ws.results_dir, cfg, seed), run.record)

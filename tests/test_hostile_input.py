@@ -258,3 +258,21 @@ def test_a_refusal_leaves_no_failure_record(capsys, monkeypatch, tmp_path, env, 
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert status == 2 and message in lines[-1] and "Traceback" not in err
     assert [f for f in files_under(res) if not f.endswith("/.claims.lock")] == []
+
+
+@requires_fashion_mnist
+def test_force_over_a_kept_checkpoint_of_a_finished_seed_trains_from_scratch(capsys, monkeypatch, tmp_path):
+    """--force reruns a finished seed; its kept end-of-run checkpoint must not be resumed (which would rewrite the
+    old numbers without training a step)."""
+    res = tmp_path / "runs"
+    status, _, err = run_smallnet(capsys, monkeypatch, res, "--loss", "none", "--keep-checkpoints")
+    assert status == 0, err
+    assert [f for f in files_under(res) if f.endswith(".ckpt")]  # kept
+
+    def no_resume(*args, **kwargs):
+        raise AssertionError("resumed a finished seed's checkpoint under --force")
+
+    monkeypatch.setattr("discbench.train.restore", no_resume)
+    status, _, err = run_smallnet(capsys, monkeypatch, res, "--loss", "none", "--force")
+    assert status == 0, err
+    assert not [f for f in files_under(res) if f.endswith(".ckpt")]  # trained, written, checkpoint removed
