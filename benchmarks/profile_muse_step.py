@@ -1,0 +1,210 @@
+"""Where a MUSE self-distillation step spends its time, next to a ``ce_kd`` step (issue 23's second target).
+
+Two measurements, both of the real modules ``discbench run`` builds (bench.toml's resolved configuration), one SGD
+step on a fixed random batch of the dataset's shape:
+
+1. **Ratios** (no hooks): ``ce_kd``, ``mi_plus_si`` and ``mi_x_si`` under the self protocol, each MUSE row with the
+   critic implementations of this device (``ref``: the naive einsum; ``torch``: the streamed autograd.Function the
+   trainer picks on CPU), measured round-robin (``--repeats`` rounds after ``--warmup``) so that the machine's noise
+   hits every row alike; median ms per step and the ratio to ``ce_kd``.
+2. **Breakdown** (hooked): one MUSE row again, with wall-clock forward and backward hooks on the backbone, the exits
+   and the MI/SI encoders, so each step splits into backbone, exits, encoders, critic and loss glue (forward: the
+   discrepancy modules' time minus their encoders'; backward: what no hooked module accounts for), the rest of the
+   forward (cross-entropy, KD), and the optimizer (zero_grad + SGD step). On CPU every op runs synchronously, so
+   wall-clock hooks time what they enclose; the hooks add a little overhead, which is why the ratios come from (1).
+
+    python benchmarks/profile_muse_step.py                      # SmallNet, Fashion-MNIST, smoke recipe, batch 32
+    python benchmarks/profile_muse_step.py --threads 1 --json /tmp/muse_profile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from discbench.api import LossContext
+from discbench.config import Bench
+from discbench.kernels import available_impls
+from discbench.registry import PROTOCOLS
+
+
+def build(bench: Bench, loss: str, args: argparse.Namespace):
+    cfg = bench.resolve(loss, args.backbone, args.dataset, args.budget, "self")
+    system = PROTOCOLS.get("self")(cfg)
+    if cfg.runtime.channels_last:
+        system = system.to(memory_format=torch.channels_last)
+    return system, cfg
+
+
+def stepper(system, cfg, batch: int, impl: str, timings: dict | None = None):
+    """A closure running one training step on a fixed random batch; with ``timings``, it also records the forward,
+    backward and optimizer times of that step (and the input requires grad, so that the backbone's backward hook
+    spans its whole backward pass: the first convolution's input gradient is the only extra work)."""
+    ds = cfg.dataset
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, ds.channels, ds.image_size, ds.image_size, generator=gen)
+    if cfg.runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if timings is not None:
+        x.requires_grad_(True)
+    y = torch.randint(0, ds.num_classes, (batch,), generator=gen)
+    ctx = LossContext(step=0, epoch=0, protocol="self", labels=y, indices=torch.arange(batch), dataset_size=batch,
+                      num_classes=ds.num_classes, critic_impl=impl)
+    r = cfg.recipe
+    optimizer = torch.optim.SGD([p for p in system.parameters() if p.requires_grad], lr=r.lr, momentum=r.momentum,
+                                weight_decay=r.weight_decay)
+    system.train()
+
+    def step() -> None:
+        t0 = time.perf_counter()
+        out = system(x, y, ctx)
+        t1 = time.perf_counter()
+        out.total.backward()
+        t2 = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+        if timings is not None:
+            timings["forward"].append(t1 - t0)
+            timings["backward"].append(t2 - t1)
+            timings["optimizer"].append(t3 - t2)
+
+    return step
+
+
+def hook(module: torch.nn.Module, name: str, acc: dict) -> None:
+    """Accumulate wall-clock forward and backward seconds of ``module`` into ``acc[name + ' fwd'/' bwd']``."""
+    state = {}
+
+    def fwd_pre(*_):
+        state["f"] = time.perf_counter()
+
+    def fwd_post(*_):
+        acc[f"{name} fwd"] += time.perf_counter() - state["f"]
+
+    def bwd_pre(*_):
+        state["b"] = time.perf_counter()
+
+    def bwd_post(*_):
+        acc[f"{name} bwd"] += time.perf_counter() - state.get("b", time.perf_counter())
+
+    module.register_forward_pre_hook(fwd_pre)
+    module.register_forward_hook(fwd_post)
+    module.register_full_backward_pre_hook(bwd_pre)
+    module.register_full_backward_hook(bwd_post)
+
+
+def breakdown(bench: Bench, loss: str, impl: str, args: argparse.Namespace) -> dict[str, float]:
+    system, cfg = build(bench, loss, args)
+    acc: dict[str, float] = defaultdict(float)
+    hook(system.net, "backbone", acc)
+    for exit_ in system.exits:
+        hook(exit_, "exits", acc)
+    encoders = [m for d in system.discrepancies for n, m in d.named_children() if "encoder" in n]
+    for m in encoders:
+        hook(m, "encoders", acc)
+    disc_fwd = {"t": 0.0}
+
+    def pre(*_):
+        disc_fwd["s"] = time.perf_counter()
+
+    def post(*_):
+        disc_fwd["t"] += time.perf_counter() - disc_fwd["s"]
+
+    for d in system.discrepancies:
+        d.register_forward_pre_hook(pre)
+        d.register_forward_hook(post)
+    timings: dict[str, list[float]] = defaultdict(list)
+    step = stepper(system, cfg, args.batch, impl, timings)
+    for _ in range(args.warmup):
+        step()
+    acc.clear()
+    disc_fwd["t"] = 0.0
+    timings.clear()
+    for _ in range(args.repeats):
+        step()
+    n = args.repeats
+    ms = {k: 1000 * v / n for k, v in acc.items()}
+    fwd, bwd, opt = (1000 * sum(timings[k]) / n for k in ("forward", "backward", "optimizer"))
+    disc = 1000 * disc_fwd["t"] / n
+    rows = {
+        "backbone forward": ms.get("backbone fwd", 0.0),
+        "exits forward": ms.get("exits fwd", 0.0),
+        "encoders forward": ms.get("encoders fwd", 0.0),
+        "critic + MUSE glue forward": disc - ms.get("encoders fwd", 0.0),
+        "CE + KD + protocol forward": fwd - ms.get("backbone fwd", 0.0) - ms.get("exits fwd", 0.0) - disc,
+        "backbone backward": ms.get("backbone bwd", 0.0),
+        "exits backward": ms.get("exits bwd", 0.0),
+        "encoders backward": ms.get("encoders bwd", 0.0),
+        "critic + losses backward (unhooked rest)": bwd - sum(ms.get(f"{k} bwd", 0.0)
+                                                           for k in ("backbone", "exits", "encoders")),
+        "optimizer (SGD step + zero_grad)": opt,
+    }
+    rows["total"] = fwd + bwd + opt
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="smallnet")
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--budget", default="smoke")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bench = Bench.load()
+    torch.manual_seed(0)
+    impls = [i for i in ("ref", "torch") if i in available_impls(torch.device("cpu"))]
+    rows = [("ce_kd", "ce_kd", "torch")] + [(f"{loss} ({impl} critic)", loss, impl)
+                                            for loss in ("mi_plus_si", "mi_x_si") for impl in impls]
+    steps = {}
+    for name, loss, impl in rows:
+        system, cfg = build(bench, loss, args)
+        steps[name] = stepper(system, cfg, args.batch, impl)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(args.warmup + args.repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_ >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+    reference = statistics.median(times["ce_kd"])
+    print(f"{args.backbone} on {args.dataset} ({args.budget}), batch {args.batch}, {torch.get_num_threads()} "
+          f"thread(s), median of {args.repeats} round-robin steps")
+    print("| row | ms/step | × ce_kd |\n|---|---|---|")
+    ratio_rows = []
+    for name in steps:
+        med = statistics.median(times[name])
+        ratio_rows.append({"row": name, "ms": 1000 * med, "ratio": med / reference})
+        print(f"| {name} | {1000 * med:.1f} | {med / reference:.2f} |")
+    parts = {}
+    for loss in ("mi_x_si",):
+        for impl in impls:
+            parts[f"{loss} ({impl} critic)"] = breakdown(bench, loss, impl, args)
+    print("\n| part (hooked run, ms/step) | " + " | ".join(parts) + " |")
+    print("|---|" + "---|" * len(parts))
+    for key in next(iter(parts.values())):
+        print(f"| {key} | " + " | ".join(f"{p[key]:.1f}" for p in parts.values()) + " |")
+    if args.json:
+        args.json.write_text(json.dumps({"ratios": ratio_rows, "breakdown": parts,
+                                         "args": {k: str(v) for k, v in vars(args).items()},
+                                         "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                                                     "threads": torch.get_num_threads()}}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
