@@ -148,3 +148,30 @@ def test_zoo_smoke_suites_hold_every_loss_once_per_protocol_that_defines_it(benc
         expected = {loss for loss in LOSSES.names() if protocol in (LOSSES.get(loss).protocols or (protocol,))}
         expected |= {m for m in bench.method_names() if protocol in bench.method(m).protocols}
         assert set(rows) == expected, name
+
+
+def test_the_command_line_and_every_suite_resolve_a_method_to_the_same_hash(bench):
+    """Issue 18: `discbench run --protocol P --loss X` (its resolve call, partner options as the CLI passes them) and
+    every suite row naming (P, X) give the same configuration hash, for every registered loss and baseline under
+    every protocol that defines it. A suite's or row's `set` (an ablation such as Table 5's "without CE at the
+    exits", or a teacher budget) is what `run --set` gives alike; suites.check_row refuses a `set` that restates or
+    changes a method's declared weights."""
+    from discbench.registry import LOSSES, PROTOCOLS
+
+    covered = set()
+    for name in bench.data.get("suites", {}):
+        suite = suites.load(bench, name)
+        for run in suites.runs(bench, suite):
+            cfg = run.cfg
+            row = next(r for r in suite.rows if r.label == cfg.label)
+            partner = {"peer": None, "teacher": None}
+            key = PROTOCOLS.get(suite.protocol).partner
+            if key:
+                partner[key] = getattr(cfg.protocol, key)
+            cli = bench.resolve(row.loss, cfg.backbone, cfg.dataset.name, cfg.budget, suite.protocol,
+                                (*suite.overrides, *row.overrides), None, partner=partner)
+            assert cli.hash == cfg.hash and cli.request_hash == cfg.request_hash, (name, row.label, cfg.backbone)
+            covered.add((row.loss, suite.protocol))
+    every = {(m, p) for m in bench.method_names() for p in bench.method(m).protocols}
+    assert {(m, p) for m in LOSSES.names() for p in bench.method(m).protocols} <= every
+    assert every <= covered  # the zoo suites name every one of them
