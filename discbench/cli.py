@@ -474,8 +474,20 @@ def list_(what, config_path):
         rows = [(name, f"loader '{table.get('layout', '?')}', {table.get('channels')}x{table.get('image_size')}^2, "
                        f"{table.get('num_classes')} classes")
                 for name, table in sorted(bench.data["datasets"].items())]
+    elif what == "suites":  # from the tables and the catalog: no torch; the time on this machine: discbench plan
+        from discbench import suites
+        from discbench.catalog import loss_cards, protocol_names
+
+        cards = {c.name: c.protocols for c in loss_cards() if c.protocols}
+        every = protocol_names()
+
+        def methods(protocol: str) -> int:
+            return sum(protocol in bench.method(m, cards, every).protocols for m in bench.method_names(list(cards)))
+
+        rows = [(name, suites.summary(bench, name, methods)) for name in bench.names("suites")]
+        click.echo("suite: protocol, budget, size (seeds and time on this machine: discbench plan --suite NAME)")
     else:
-        rows = [(name, bench.describe()) for name in bench.names("recipes" if what == "budgets" else "suites")]
+        rows = [(name, bench.describe()) for name in bench.names("recipes")]
     width = max((len(n) for n, _ in rows), default=0)
     for name, origin in rows:
         click.echo(f"{name:<{width}}  {origin}")

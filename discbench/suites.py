@@ -12,6 +12,7 @@ without an edit. ``extends = "other"`` starts from another suite's table and ove
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from discbench.config import Bench, RunConfig, parse_override
@@ -112,6 +113,19 @@ def _rows(bench: Bench, rows, protocol: str, where: str) -> tuple[SuiteRow, ...]
         raise DiscbenchError(f"{where}: two rows are labelled '{next(x for x in labels if labels.count(x) > 1)}'; "
                              f"give each row its own label")
     return tuple(out)
+
+
+def summary(bench: Bench, name: str, methods: Callable[[str], int]) -> str:
+    """One line of ``discbench list suites``: protocol, budget, rows x columns x datasets x seeds = runs, read from
+    the table alone (``methods(protocol)`` counts a ``rows = "all"`` suite's rows, e.g. from the catalog)."""
+    table = _table(bench, name)
+    protocol = table.get("protocol", "self")
+    rows = table.get("rows", [])
+    n_rows = methods(protocol) if rows == ALL_ROWS else len(rows) if isinstance(rows, list) else 0
+    columns, datasets, seeds = len(table.get("backbones", [])), len(table.get("datasets", [])), table.get("seeds", 1)
+    what = "rows (every method)" if rows == ALL_ROWS else "rows"
+    return (f"{protocol}, budget {table.get('budget', '?')}: {n_rows} {what} x {columns} column(s) x {datasets} "
+            f"dataset(s) x {seeds} seed(s) = {n_rows * columns * datasets * seeds} runs")
 
 
 def load(bench: Bench, name: str) -> Suite:

@@ -175,3 +175,19 @@ def test_the_command_line_and_every_suite_resolve_a_method_to_the_same_hash(benc
     every = {(m, p) for m in bench.method_names() for p in bench.method(m).protocols}
     assert {(m, p) for m in LOSSES.names() for p in bench.method(m).protocols} <= every
     assert every <= covered  # the zoo suites name every one of them
+
+
+def test_list_suites_gives_each_suites_size_as_its_runs_count_it(capsys, monkeypatch):
+    """`discbench list suites` reads the tables and the catalog (no torch) and its run counts are what the suites
+    train (suites.runs, with the registries)."""
+    from tests.test_cli import discbench
+
+    status, out, _ = discbench(capsys, monkeypatch, "list", "suites")
+    assert status == 0
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    for name in ("demo", "signal-offline", "zoo-smoke", "zoo-smoke-online", "zoo-smoke-offline", "table7a"):
+        suite = suites.load(BENCH, name)
+        n = sum(len(r.seeds) for r in suites.runs(BENCH, suite))
+        assert lines[name].endswith(f"= {n} runs"), lines[name]
+    assert "offline, budget signal: 5 rows x 1 column(s) x 1 dataset(s) x 5 seed(s) = 25 runs" in \
+        lines["signal-offline"]
