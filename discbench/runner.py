@@ -174,8 +174,8 @@ def run_seeds(ws: Workspace, cfg: RunConfig, seeds: Iterable[int]) -> list[Path]
         if not checked:
             if dist.is_main:
                 check_writable(path)
-            preflight(cfg, teacher=teacher.network if teacher else None)
-            ws.data.get(cfg, ws.device)  # open (and check) the data before claiming: bad data is not a failed seed
+            ws.data.get(cfg, ws.device)  # open (and check) the data first: a missing dataset is one line in seconds
+            preflight(cfg, teacher=teacher.network if teacher else None)  # (a large network's pre-flight takes longer)
             checked = True
         files = seed_files(ws.results_dir, cfg, seed)
         claim = claims.acquire(files.claim, opts.stale_after) if dist.is_main else None
