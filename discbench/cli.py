@@ -10,6 +10,7 @@ torchvision or a plugin.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -720,7 +721,8 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except DiscbenchError as exc:
-        click.echo(f"error: {exc}", err=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank refuses alike: rank 0 says it once
+            click.echo(f"error: {exc}", err=True)
         signum = getattr(exc, "signum", None)  # discbench.checkpoint.Preempted: stopped by a signal, resumable
         sys.exit(128 + signum if signum else 2)
     except KeyboardInterrupt:

@@ -127,3 +127,17 @@ def test_world_size_must_divide_the_batch():
     assert Distributed(rank=0, world_size=4).local_batch(128) == 32
     with pytest.raises(DiscbenchError, match="recipe.batch_size 32 is not divisible by the world size 3"):
         Distributed(rank=0, world_size=3).local_batch(32)
+
+
+def test_torchrun_refusal_is_said_once(tmp_path):
+    """Every rank refuses a batch the world size does not divide; the error line appears once (rank 0's), the
+    exit status is non-zero. (torchrun then adds its own report of the failed children.)"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    args = ["run", "--loss", "none", "--backbone", "tinynet", "--seeds", "1", "--quiet", "--results-dir",
+            str(tmp_path / "runs"), "--set", "recipe.batch_size=33"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(free_port()), "-m", "discbench", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "not divisible by the world size 2" in errors[0], proc.stderr[-3000:]
