@@ -276,15 +276,26 @@ IMAGE_FOLDER_SOURCES = {  # where to get each ImageFolder dataset (neither can b
 }
 
 
-def _image_folder_root(cfg: DatasetConfig, root: Path | None, folder_name: str) -> Path:
+BUILT_IN_FOLDERS = {"tinyimagenet": "tiny-imagenet-200", "imagenet": "imagenet"}  # dataset name -> its folder
+EVAL_SPLITS = ("val", "test")  # the evaluation split's folder: the first of these that exists
+
+
+def _image_folder_root(cfg: DatasetConfig, root: Path | None) -> tuple[Path, str]:
+    """(the dataset's folder, its evaluation split's name): ``DIR/<folder>/`` or ``DIR`` itself, holding ``train/``
+    and ``val/`` (or ``test/``), one folder per class. The folder is Tiny-ImageNet's or ImageNet's usual name for
+    those datasets, the dataset's own name for a dataset of your own (a ``[datasets.NAME]`` table)."""
+    folder_name = BUILT_IN_FOLDERS.get(cfg.name, cfg.name)
     if root is None:
         raise DiscbenchError(f"{cfg.name} needs a data directory: pass --data-dir DIR where DIR/{folder_name}/train "
-                             f"and DIR/{folder_name}/val hold one folder per class")
+                             f"and DIR/{folder_name}/val (or test) hold one folder per class")
     base = root / folder_name if (root / folder_name).is_dir() else root
-    if not (base / "train").is_dir() or not (base / "val").is_dir():
-        raise DiscbenchError(f"{cfg.name} not found: expected {base}/train and {base}/val (ImageFolder layout, one "
-                             f"folder per class); get it from {IMAGE_FOLDER_SOURCES[folder_name]}")
-    return base
+    split = next((name for name in EVAL_SPLITS if (base / name).is_dir()), None)
+    if not (base / "train").is_dir() or split is None:
+        source = IMAGE_FOLDER_SOURCES.get(folder_name)
+        how = f"get it from {source}" if source else "put your images there, one folder per class"
+        raise DiscbenchError(f"{cfg.name} not found: expected {base}/train and {base}/val or {base}/test "
+                             f"(ImageFolder layout, one folder per class); {how}")
+    return base, split
 
 
 @DATASETS.register("imagefolder-resident")
@@ -294,14 +305,14 @@ def load_tinyimagenet(cfg: DatasetConfig, root: Path | None, download: bool) -> 
     from PIL import Image
     from torchvision.datasets import ImageFolder
 
-    base = _image_folder_root(cfg, root, "tiny-imagenet-200")
+    base, split = _image_folder_root(cfg, root)
     train = ImageFolder(str(base / "train"))
-    annotations = base / "val" / "val_annotations.txt"
+    annotations = base / split / "val_annotations.txt"
     if annotations.is_file():
-        val = [(str(base / "val" / "images" / line.split("\t")[0]), train.class_to_idx[line.split("\t")[1]])
+        val = [(str(base / split / "images" / line.split("\t")[0]), train.class_to_idx[line.split("\t")[1]])
                for line in annotations.read_text().splitlines() if line.strip()]
     else:
-        val = ImageFolder(str(base / "val")).samples
+        val = ImageFolder(str(base / split)).samples
 
     def decode(samples: list[tuple[str, int]]) -> tuple[Tensor, Tensor]:
         size = cfg.image_size
@@ -339,7 +350,8 @@ class StreamedImageFolder:
     when the loader starts, so it is reproducible for an uninterrupted run but not across a resume.
     """
 
-    def __init__(self, cfg: DatasetConfig, base: Path, device: torch.device, workers: int | None = None):
+    def __init__(self, cfg: DatasetConfig, base: Path, device: torch.device, workers: int | None = None,
+                 split: str = "val"):
         from torchvision import transforms
         from torchvision.datasets import ImageFolder
 
@@ -347,7 +359,7 @@ class StreamedImageFolder:
         size = cfg.image_size
         train_tf = [transforms.RandomResizedCrop(size)] + ([transforms.RandomHorizontalFlip()] if cfg.flip else [])
         self.train = ImageFolder(str(base / "train"), transforms.Compose([*train_tf, transforms.ToTensor(), norm]))
-        self.test = ImageFolder(str(base / "val"), transforms.Compose(
+        self.test = ImageFolder(str(base / split), transforms.Compose(
             [transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(), norm]))
         self.device = device
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
@@ -424,8 +436,8 @@ class StreamedImageFolder:
 @DATASETS.register("imagefolder")
 def load_imagenet(cfg: DatasetConfig, root: Path | None, download: bool) -> Callable[[torch.device], object]:
     """ImageNet in ImageFolder layout (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``), streamed."""
-    base = _image_folder_root(cfg, root, "imagenet")
-    return lambda device: StreamedImageFolder(cfg, base, device)
+    base, split = _image_folder_root(cfg, root)
+    return lambda device: StreamedImageFolder(cfg, base, device, split=split)
 
 
 def open_dataset(cfg: DatasetConfig, recipe: RecipeConfig, device: torch.device,

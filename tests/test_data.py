@@ -152,7 +152,8 @@ def test_tinyimagenet_raw_layout(bench, tmp_path):
     (xtr, ytr), (xte, yte) = load_tinyimagenet(cfg, tmp_path, False)
     assert xtr.shape == (6, 3, 16, 16) and xtr.dtype == torch.uint8 and ytr.tolist() == [0, 0, 0, 1, 1, 1]
     assert xte.shape == (2, 3, 16, 16) and yte.tolist() == [1, 0]
-    with pytest.raises(DiscbenchError, match=r"expected .*/train and .*/val \(ImageFolder layout"):
+    with pytest.raises(DiscbenchError,
+                       match=r"expected .*/train and .*/val or .*/test \(ImageFolder layout.*tiny-imagenet-200.zip"):
         load_tinyimagenet(cfg, tmp_path / "missing", False)
 
 
@@ -207,3 +208,22 @@ def test_a_cifar_pickle_that_carries_code_is_refused_without_running_it(bench, t
     assert not marker.exists()
     pickle.loads((folder / "train").read_bytes())  # the same file, through pickle.load: the payload runs
     assert marker.exists()
+
+
+def test_a_dataset_of_your_own_with_a_test_split(bench, tmp_path):
+    """A `[datasets.NAME]` table with the resident ImageFolder layout: DIR/NAME/{train,test}/<class>/ is found (the
+    usual split names are accepted), and a missing one says what to put where, not where Tiny-ImageNet is."""
+    import dataclasses
+
+    from discbench.data import load_tinyimagenet
+
+    base = bench.resolve("none", "resnet18", "tinyimagenet", "paper", overrides=["dataset.image_size=16"]).dataset
+    cfg = dataclasses.replace(base, name="leaves", num_classes=2)
+    for split, count in (("train", 3), ("test", 2)):
+        for k, cls in enumerate(("healthy", "rust")):
+            write_images(tmp_path / "leaves" / split / cls, count, 20, k)
+    (xtr, ytr), (xte, yte) = load_tinyimagenet(cfg, tmp_path, False)
+    assert xtr.shape == (6, 3, 16, 16) and ytr.tolist() == [0, 0, 0, 1, 1, 1] and yte.tolist() == [0, 0, 1, 1]
+    with pytest.raises(DiscbenchError, match=r"leaves not found: .*or .*/test .*put your images there") as info:
+        load_tinyimagenet(cfg, tmp_path / "missing", False)
+    assert "tiny-imagenet" not in str(info.value)
