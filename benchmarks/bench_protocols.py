@@ -69,6 +69,19 @@ def stepper(system: torch.nn.Module, cfg, batch: int):
     return step
 
 
+def round_robin(steps: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each step, measured in rounds that call every step once (``warmup`` rounds untimed), so
+    that the machine's noise hits every step alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(warmup + repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="smallnet")
@@ -92,13 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     steps = {name: stepper(system, cfg, args.batch) for name, system, cfg in built}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for round_ in range(args.warmup + args.repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            if round_ >= args.warmup:
-                times[name].append(time.perf_counter() - start)
+    times = round_robin(steps, args.warmup, args.repeats)
     reference = statistics.median(times[ROWS[0][0]])
     rows = [{"row": name, "networks": f"{cfg.backbone}" + (f" + {getattr(cfg.protocol, 'peer', '') or ''}"
                                                               f"{getattr(cfg.protocol, 'teacher', '') or ''}"

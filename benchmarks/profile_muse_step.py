@@ -35,6 +35,9 @@ from discbench.config import Bench
 from discbench.kernels import available_impls
 from discbench.registry import PROTOCOLS
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported: its sibling's timing loop
+from bench_protocols import round_robin  # noqa: E402
+
 
 def build(bench: Bench, loss: str, args: argparse.Namespace):
     cfg = bench.resolve(loss, args.backbone, args.dataset, args.budget, "self")
@@ -174,13 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, loss, impl in rows:
         system, cfg = build(bench, loss, args)
         steps[name] = stepper(system, cfg, args.batch, impl)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for round_ in range(args.warmup + args.repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            if round_ >= args.warmup:
-                times[name].append(time.perf_counter() - start)
+    times = round_robin(steps, args.warmup, args.repeats)
     reference = statistics.median(times["ce_kd"])
     print(f"{args.backbone} on {args.dataset} ({args.budget}), batch {args.batch}, {torch.get_num_threads()} "
           f"thread(s), median of {args.repeats} round-robin steps")
