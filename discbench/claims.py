@@ -66,6 +66,17 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux's /proc/<pid>/stat, field 22), or None where
+    it cannot be read: with the pid it names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces and parentheses
+    return fields[19] if len(fields) > 19 else None
+
+
 def _fields(claim: dict[str, Any]) -> tuple[str, int, float] | None:
     """A claim's (host, pid, heartbeat), or None when a field is missing or not what a claim writes (a garbage pid,
     a heartbeat that is not a finite number): such a claim is unreadable, hence stale."""
@@ -92,7 +103,12 @@ def stale_reason(claim: dict[str, Any], stale_after: float, now: float | None = 
         return "the claim file is unreadable"
     host, pid, heartbeat = fields
     if host == socket.gethostname():
-        return None if pid_alive(pid) else f"process {pid} on {host} is gone"
+        if not pid_alive(pid):
+            return f"process {pid} on {host} is gone"
+        recorded = claim.get("pid_start")
+        if recorded is not None and process_start(pid) not in (None, recorded):
+            return f"process {pid} on {host} is gone (that pid now belongs to another process)"
+        return None
     age = now - heartbeat
     if age > stale_after:
         return f"its heartbeat is {age:.0f} s old (threshold {stale_after:.0f} s)"
@@ -171,7 +187,8 @@ def acquire(path: Path, stale_after: float = DEFAULT_STALE_AFTER) -> HeldClaim |
 
     An unwritable directory is a one-line ``DiscbenchError`` before anything trains."""
     now = time.time()
-    content = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
+    content = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),
+               "started": now, "heartbeat": now,
                "token": uuid.uuid4().hex, "job": job_id()}
     try:
         with _locked(path.parent):

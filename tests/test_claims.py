@@ -214,3 +214,17 @@ def test_stale_after_must_be_a_finite_number_of_seconds(value):
     proc = cli("run", "--loss", "none", "--backbone", "tinynet", "--stale-after", value)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "--stale-after" in err and "Traceback" not in err
+
+
+def test_a_reused_pid_does_not_keep_a_dead_claim_alive(tmp_path, capsys):
+    """The claim records when its process started; a live process with the same pid but another start time (the pid
+    was reused after a crash or a reboot) does not hold it."""
+    path = tmp_path / "h__seed0.claim"
+    assert claims.process_start(os.getpid()) is not None  # Linux: /proc/<pid>/stat
+    write_claim(path, pid_start="1")  # this live pid, but a process that started at tick 1
+    assert "belongs to another process" in claims.stale_reason(json.loads(path.read_text()), 600)
+    write_claim(path, pid_start=claims.process_start(os.getpid()))  # this very process
+    assert claims.stale_reason(json.loads(path.read_text()), 600) is None
+    held = claims.acquire(tmp_path / "fresh__seed0.claim")
+    assert held.content["pid_start"] == claims.process_start(os.getpid())
+    held.release()
