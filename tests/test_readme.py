@@ -52,3 +52,14 @@ def test_the_quick_start_trains_two_rows_into_the_users_directory_and_prints_the
     table = outputs[-1]
     assert re.search(r"\| mi_x_si\s+\|", table) and re.search(r"\| none\s+\|", table) and "(n=1)" in table
     assert sorted((REPO / "results" / "runs").rglob("*.json")) == published
+
+
+def test_every_relative_link_of_the_readme_and_docs_resolves():
+    """A moved module or document breaks no link: every `[text](path)` of README.md and docs/*.md that is not a URL
+    names a file or folder of the repository."""
+    broken = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
+            if not (doc.parent / target).exists():
+                broken.append(f"{doc.relative_to(REPO)}: {target}")
+    assert not broken, broken
