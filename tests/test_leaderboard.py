@@ -138,3 +138,40 @@ def test_a_table_of_two_environments_is_refused_unless_mixed_and_then_marked(oth
     assert "71.00 ± 1.00 (n=3)" in none and "‡" not in none  # the baseline's seeds share one environment
     assert "Environments (‡ marks a cell whose seeds ran in several" in text
     assert "[1] Intel Xeon X (avx2), 2 threads" in text and "[2] " in text
+
+
+def test_the_papers_cells_name_rows_and_backbones_of_their_suites():
+    """Every transcribed cell of discbench/reference.toml belongs to its suite: a row label, a backbone of the suite
+    (NASNet, not shipped, is left out), a module 1-4; means are those of MUSE's printed cells (spot checks)."""
+    from discbench import suites as suite_defs
+    from discbench.config import Bench
+    from discbench.reporting.reference import load
+
+    bench, reference = Bench.load(None), load()
+    assert set(reference) == {"table1", "table5", "table6"}
+    for name, (_, cells) in reference.items():
+        suite = suite_defs.load(bench, name)
+        labels = {row.label for row in suite.rows}
+        for cell in cells:
+            assert cell.row in labels and cell.backbone in suite.backbones and cell.module in (None, 1, 2, 3, 4), cell
+    got = {(n, c.row, c.backbone, c.module): c.paper for n, (_, cells) in reference.items() for c in cells}
+    assert got[("table1", "MI+SI", "resnet18", 4)] == "78.75 ± 0.31"  # = Table 2's ResNet18 MI+SI
+    assert got[("table1", "Baseline", "resnet18", None)] == "77.43 ± 0.36"
+    assert got[("table6", "MI×SI", "efficientnet_b0", 4)] == "78.81 ± 0.12"
+    assert got[("table5", "(MI×SI) + CE + KD", "efficientnet_b0", 4)] == "78.89 ± 0.12"
+    assert len([k for k in got if k[0] == "table1"]) == 7 * 13
+
+
+def test_a_suite_of_the_paper_shows_the_papers_cells_beside_its_records():
+    from discbench.reporting.reference import PaperCell, section
+
+    reference = {"table6": ("MUSE Table 6", (PaperCell("MI+SI", "resnet18", 4, "78.63 ± 0.26"),
+                                             PaperCell("VID", "resnet18", 4, "76.97 ± 0.54"),
+                                             PaperCell("MI+SI", "resnet18", 2, "70.00 ± 0.10")))}
+    recs = [record("MI+SI", s, {1: 60.0, 2: v - 8, 3: 70.0, 4: v}, loss="mi_plus_si") for s, v in
+            enumerate([78.0, 78.5])]
+    text = section("table6", recs, reference)
+    assert "| MI+SI | resnet18 | 4 | 78.63 ± 0.26 | 78.25 ± 0.35 (n=2) | -0.38 |" in text
+    assert "| MI+SI | resnet18 | 2 | 70.00 ± 0.10 | 70.25 ± 0.35 (n=2) | +0.25 |" in text
+    assert "| VID | resnet18 | 4 | 76.97 ± 0.54 | — | — |" in text
+    assert section("demo", recs, reference) == ""

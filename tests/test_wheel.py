@@ -24,9 +24,9 @@ from tests.conftest import REPO, requires_fashion_mnist
 
 pytestmark = pytest.mark.slow
 
-SHIPPED = ["discbench/bench.toml", "discbench/record.schema.json", "discbench/protocols/offline.py",
-           "discbench/losses/muse.py", "discbench/losses/crd.py", "discbench/backbones/__init__.py",
-           "discbench/reporting/markdown.py", "discbench/kernels/__init__.py"]
+SHIPPED = ["discbench/bench.toml", "discbench/record.schema.json", "discbench/reference.toml",
+           "discbench/protocols/offline.py", "discbench/losses/muse.py", "discbench/losses/crd.py",
+           "discbench/backbones/__init__.py", "discbench/reporting/markdown.py", "discbench/kernels/__init__.py"]
 
 
 def sh(*cmd, cwd, env=None, check=True) -> subprocess.CompletedProcess:

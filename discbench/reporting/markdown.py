@@ -201,12 +201,15 @@ def render_suite(suite: Suite, runs: list[SuiteRun], records: Iterable[RunRecord
                  mix: bool = False) -> str:
     """The tables of one suite: its runs' records, under the suite's row labels, in the suite's order; runs without
     a record are listed under the tables (a suite with none says so)."""
+    from discbench.reporting.reference import section as against_paper
+
     records = list(records)
     mine = suite_records(runs, records)
     missing = missing_runs(runs, mine)
+    paper = against_paper(suite.name, mine)  # MUSE's published cells, for the suites that reproduce its tables
     if not mine:
         return "\n".join([f"# suite `{suite.name}`", "", f"_No run records yet: run 'discbench sweep --suite "
-                          f"{suite.name}'._", ""])
+                          f"{suite.name}'._", "", *([paper] if paper else [])])
     if suite.layout == "compression":  # MUSE Table 3
         from discbench.reporting.compression import render_compression
 
@@ -218,6 +221,8 @@ def render_suite(suite: Suite, runs: list[SuiteRun], records: Iterable[RunRecord
                       mix=mix)
     if missing:
         text += "\n".join(["", "Runs without a record (not in the tables):", "", *(f"- {m}" for m in missing), ""])
+    if paper:
+        text += "\n" + paper
     return text
 
 
