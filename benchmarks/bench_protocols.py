@@ -45,26 +45,38 @@ def build(bench: Bench, loss: str, protocol: str, args: argparse.Namespace) -> t
     return system, cfg
 
 
-def stepper(system: torch.nn.Module, cfg, batch: int):
-    """One closure per configuration: a training step on a fixed random batch."""
+def stepper(system: torch.nn.Module, cfg, batch: int, impl: str = "torch", timings: dict | None = None):
+    """One closure per configuration: a training step on a fixed random batch, with the critic implementation
+    ``impl``. With ``timings`` (a dict of lists) each call also appends its forward, backward and optimizer seconds,
+    and the input requires grad, so that a backward hook on the backbone spans its whole backward pass (the first
+    convolution's input gradient is the only extra work)."""
     ds = cfg.dataset
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, ds.channels, ds.image_size, ds.image_size, generator=gen)
     if cfg.runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    if timings is not None:
+        x.requires_grad_(True)
     y = torch.randint(0, ds.num_classes, (batch,), generator=gen)
     ctx = LossContext(step=0, epoch=0, protocol=cfg.protocol_name, labels=y, indices=torch.arange(batch),
-                      dataset_size=batch, num_classes=ds.num_classes, critic_impl="torch")
+                      dataset_size=batch, num_classes=ds.num_classes, critic_impl=impl)
     params = [p for p in system.parameters() if p.requires_grad]
     r = cfg.recipe
     optimizer = torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
     system.train()
 
     def step() -> None:
+        t0 = time.perf_counter()
         out = system(x, y, ctx)
+        t1 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()
+        t2 = time.perf_counter()
         optimizer.step()
+        if timings is not None:
+            timings["forward"].append(t1 - t0)
+            timings["backward"].append(t2 - t1)
+            timings["optimizer"].append(time.perf_counter() - t2)
 
     return step
 

@@ -10,8 +10,9 @@ step on a fixed random batch of the dataset's shape:
 2. **Breakdown** (hooked): one MUSE row again, with wall-clock forward and backward hooks on the backbone, the exits
    and the MI/SI encoders, so each step splits into backbone, exits, encoders, critic and loss glue (forward: the
    discrepancy modules' time minus their encoders'; backward: what no hooked module accounts for), the rest of the
-   forward (cross-entropy, KD), and the optimizer (zero_grad + SGD step). On CPU every op runs synchronously, so
-   wall-clock hooks time what they enclose; the hooks add a little overhead, which is why the ratios come from (1).
+   forward (cross-entropy, KD), and the optimizer (the SGD step; zero_grad counts with backward). On CPU every op
+   runs synchronously, so wall-clock hooks time what they enclose; the hooks add a little overhead, which is why
+   the ratios come from (1).
 
     python benchmarks/profile_muse_step.py                      # SmallNet, Fashion-MNIST, smoke recipe, batch 32
     python benchmarks/profile_muse_step.py --threads 1 --json /tmp/muse_profile.json
@@ -30,57 +31,11 @@ from pathlib import Path
 
 import torch
 
-from discbench.api import LossContext
 from discbench.config import Bench
 from discbench.kernels import available_impls
-from discbench.registry import PROTOCOLS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported: its sibling's timing loop
-from bench_protocols import round_robin  # noqa: E402
-
-
-def build(bench: Bench, loss: str, args: argparse.Namespace):
-    cfg = bench.resolve(loss, args.backbone, args.dataset, args.budget, "self")
-    system = PROTOCOLS.get("self")(cfg)
-    if cfg.runtime.channels_last:
-        system = system.to(memory_format=torch.channels_last)
-    return system, cfg
-
-
-def stepper(system, cfg, batch: int, impl: str, timings: dict | None = None):
-    """A closure running one training step on a fixed random batch; with ``timings``, it also records the forward,
-    backward and optimizer times of that step (and the input requires grad, so that the backbone's backward hook
-    spans its whole backward pass: the first convolution's input gradient is the only extra work)."""
-    ds = cfg.dataset
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, ds.channels, ds.image_size, ds.image_size, generator=gen)
-    if cfg.runtime.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    if timings is not None:
-        x.requires_grad_(True)
-    y = torch.randint(0, ds.num_classes, (batch,), generator=gen)
-    ctx = LossContext(step=0, epoch=0, protocol="self", labels=y, indices=torch.arange(batch), dataset_size=batch,
-                      num_classes=ds.num_classes, critic_impl=impl)
-    r = cfg.recipe
-    optimizer = torch.optim.SGD([p for p in system.parameters() if p.requires_grad], lr=r.lr, momentum=r.momentum,
-                                weight_decay=r.weight_decay)
-    system.train()
-
-    def step() -> None:
-        t0 = time.perf_counter()
-        out = system(x, y, ctx)
-        t1 = time.perf_counter()
-        out.total.backward()
-        t2 = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        t3 = time.perf_counter()
-        if timings is not None:
-            timings["forward"].append(t1 - t0)
-            timings["backward"].append(t2 - t1)
-            timings["optimizer"].append(t3 - t2)
-
-    return step
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported: its sibling's harness
+from bench_protocols import build, round_robin, stepper  # noqa: E402
 
 
 def hook(module: torch.nn.Module, name: str, acc: dict) -> None:
@@ -106,7 +61,7 @@ def hook(module: torch.nn.Module, name: str, acc: dict) -> None:
 
 
 def breakdown(bench: Bench, loss: str, impl: str, args: argparse.Namespace) -> dict[str, float]:
-    system, cfg = build(bench, loss, args)
+    system, cfg = build(bench, loss, "self", args)
     acc: dict[str, float] = defaultdict(float)
     hook(system.net, "backbone", acc)
     for exit_ in system.exits:
@@ -149,7 +104,7 @@ def breakdown(bench: Bench, loss: str, impl: str, args: argparse.Namespace) -> d
         "encoders backward": ms.get("encoders bwd", 0.0),
         "critic + losses backward (unhooked rest)": bwd - sum(ms.get(f"{k} bwd", 0.0)
                                                            for k in ("backbone", "exits", "encoders")),
-        "optimizer (SGD step + zero_grad)": opt,
+        "optimizer (SGD step)": opt,
     }
     rows["total"] = fwd + bwd + opt
     return rows
@@ -165,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.set_defaults(peer=None, teacher=None)  # bench_protocols.build's partner options: self has none
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -175,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                                             for loss in ("mi_plus_si", "mi_x_si") for impl in impls]
     steps = {}
     for name, loss, impl in rows:
-        system, cfg = build(bench, loss, args)
+        system, cfg = build(bench, loss, "self", args)
         steps[name] = stepper(system, cfg, args.batch, impl)
     times = round_robin(steps, args.warmup, args.repeats)
     reference = statistics.median(times["ce_kd"])
