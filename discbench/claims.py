@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import socket
 import sys
@@ -31,6 +30,7 @@ from typing import Any
 
 from discbench.atomic import atomic_write_text
 from discbench.errors import DiscbenchError
+from discbench.ranges import is_number
 from discbench.records import SeedFiles
 
 DEFAULT_STALE_AFTER = 600.0  # seconds without a heartbeat before another host takes a claim over
@@ -84,9 +84,7 @@ def _fields(claim: dict[str, Any]) -> tuple[str, int, float] | None:
         host, pid, heartbeat = claim["host"], claim["pid"], claim["heartbeat"]
     except (KeyError, TypeError):
         return None
-    if not isinstance(host, str) or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        return None
-    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not math.isfinite(heartbeat):
+    if not isinstance(host, str) or not is_number(pid, integer=True) or pid <= 0 or not is_number(heartbeat):
         return None
     return host, pid, float(heartbeat)
 
@@ -118,14 +116,8 @@ def stale_reason(claim: dict[str, Any], stale_after: float, now: float | None = 
 def describe(claim: dict[str, Any], now: float | None = None) -> str:
     """``host pid 123 (job 45), since 2026-01-01 10:00:00, heartbeat 12 s ago`` (``?`` for what is unreadable)."""
     now = time.time() if now is None else now
-
-    def seconds(key: str) -> float | None:
-        value = claim.get(key)
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        return float(value) if ok else None
-
     job = f" (job {claim['job']})" if claim.get("job") else ""
-    started, heartbeat = seconds("started"), seconds("heartbeat")
+    started, heartbeat = (float(claim[k]) if is_number(claim.get(k)) else None for k in ("started", "heartbeat"))
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started is not None else "?"
     beat = f"{now - heartbeat:.0f} s ago" if heartbeat is not None else "?"
     return f"{claim.get('host')} pid {claim.get('pid')}{job}, since {since}, heartbeat {beat}"

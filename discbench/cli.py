@@ -55,7 +55,7 @@ resilience_options = [
 ]
 
 
-def _finite(param, value: float) -> float:
+def _finite(param, value: float) -> float:  # click's FloatRange lets NaN and infinity through
     if not math.isfinite(value):
         raise click.BadParameter(f"{value} is not a number of seconds; give a finite value such as 600", param=param)
     return value

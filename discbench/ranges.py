@@ -37,7 +37,7 @@ class Range:
 
     def contains(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return True  # only numbers have bounds; types are checked elsewhere
+            return True  # only numbers have bounds; types are checked elsewhere (is_number)
         return (math.isfinite(value)
                 and (self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
                 and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
@@ -53,6 +53,14 @@ class Range:
 
 
 FINITE = Range()
+
+
+def is_number(value: Any, integer: bool = False) -> bool:
+    """Whether ``value`` (e.g. read from a JSON file) is a finite real number, an int when ``integer``; a bool never
+    is. Bounds: ``Range(...).contains``."""
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        return False
+    return math.isfinite(value)
 
 
 def within(**bounds: Any) -> Mapping[str, Range]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -34,6 +33,7 @@ from torch import nn
 from discbench.api import Backbone
 from discbench.config import Bench, RunConfig, TeacherRef, project_path
 from discbench.errors import DiscbenchError
+from discbench.ranges import Range, is_number
 from discbench.registry import BACKBONES
 
 IMPORTED_BUDGET = "imported"
@@ -77,21 +77,21 @@ class Teacher:
         return {**{k: self.manifest.get(k) for k in keys}, "store": str(self.store)}
 
 
-def _is_int(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
 
 
+TOP1 = Range(ge=0, le=100)
 MANIFEST_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "teacher_id": ("a string", lambda v: isinstance(v, str) and bool(v)),
-    "backbone": ("a string", lambda v: isinstance(v, str) and bool(v)),
-    "dataset": ("a string", lambda v: isinstance(v, str) and bool(v)),
-    "budget": ("a string", lambda v: isinstance(v, str) and bool(v)),
+    "teacher_id": ("a string", _text),
+    "backbone": ("a string", _text),
+    "dataset": ("a string", _text),
+    "budget": ("a string", _text),
     "source": ("a string", lambda v: isinstance(v, str)),
-    "num_classes": ("an integer >= 1", lambda v: _is_int(v, 1)),
-    "in_channels": ("an integer >= 1", lambda v: _is_int(v, 1)),
-    "seed": ("an integer >= 0", lambda v: _is_int(v, 0)),
-    "top1": ("a top-1 in [0, 100] or null", lambda v: v is None or (
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 100)),
+    "num_classes": ("an integer >= 1", lambda v: is_number(v, integer=True) and v >= 1),
+    "in_channels": ("an integer >= 1", lambda v: is_number(v, integer=True) and v >= 1),
+    "seed": ("an integer >= 0", lambda v: is_number(v, integer=True) and v >= 0),
+    "top1": ("a top-1 in [0, 100] or null", lambda v: v is None or (is_number(v) and TOP1.contains(v))),
     "sha256": ("64 hex digits", lambda v: isinstance(v, str) and len(v) == 64
                and all(c in "0123456789abcdef" for c in v)),
 }

@@ -139,3 +139,13 @@ def test_suites_extend_other_suites(tmp_path):
         suites.load(Bench.load(path), "a")
     smoke = suites.load(Bench.load(REPO_BENCH), "table5-smoke")
     assert smoke.name == "table5-smoke" and smoke.budget == "smoke" and len(smoke.rows) == 16
+
+
+@pytest.mark.parametrize("value,integer,expected", [
+    (3, False, True), (3.5, False, True), (-2, True, True), (3.0, True, False), (True, False, False),
+    (float("nan"), False, False), (float("inf"), False, False), ("3", False, False), (None, False, False),
+])
+def test_is_number_is_a_finite_real_never_a_bool(value, integer, expected):
+    from discbench.ranges import is_number
+
+    assert is_number(value, integer) is expected
