@@ -345,17 +345,14 @@ def check_records(directories, clean):
     """Validate every record under DIRECTORIES (against discbench/record.schema.json, and its config_hash against
     the hash of its configuration): one line per invalid file, duplicate, conflict or orphaned temporary file; exit 1
     if any file is invalid or any run id conflicts."""
-    from discbench.config import config_digest
     from discbench.records import collect
 
     found = collect(directories, remove_orphaned=clean)
     for line in found.messages():
         click.echo(line)
-    edited = [r for r in found.records if r.config and config_digest(r.config) != r.config_hash]  # edited later?
-    for r in edited:
-        click.echo(f"{found.sources[r.run_id][0]}: config_hash {r.config_hash} is not the hash of its configuration "
-                   f"({config_digest(r.config)}): the configuration was edited after the run, or the record "
-                   f"predates harness version 2")
+    edited = found.edited()
+    for problem in edited:
+        click.echo(str(problem))
     n_files = sum(len(v) for v in found.sources.values()) + len(found.problems)
     click.echo(f"{n_files} files: {len(found.records) - len(edited)} valid runs, "
                f"{len(found.problems) + len(edited)} invalid, {len(found.duplicates)} duplicated, "

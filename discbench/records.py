@@ -346,6 +346,16 @@ class RecordSet:
     conflicts: list[str] = field(default_factory=list)  # one line per run id with different numbers: left out
     orphans: list[Path] = field(default_factory=list)  # temporary files of killed writers (removed if asked)
 
+    def edited(self) -> list[Problem]:
+        """The records whose configuration no longer hashes to their ``config_hash`` (edited after the run, or
+        written before harness version 2), one problem each; records without a configuration are not checked."""
+        from discbench.config import config_digest
+
+        return [Problem(self.sources[r.run_id][0], f"config_hash {r.config_hash} is not the hash of its "
+                        f"configuration ({config_digest(r.config)}): the configuration was edited after the run, or "
+                        f"the record predates harness version 2")
+                for r in self.records if r.config and config_digest(r.config) != r.config_hash]
+
     def messages(self) -> list[str]:
         """One line per thing a reader should know, for stderr."""
         lines = [f"skipped invalid record {p}" for p in self.problems]
