@@ -8,13 +8,14 @@ difference of means. That difference is not a test: the paper's runs are its own
 
 from __future__ import annotations
 
-import statistics
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from discbench.records import RunRecord
+from discbench.reporting.tables import Cell
 
 REFERENCE = Path(__file__).resolve().parent.parent / "reference.toml"
 
@@ -31,6 +32,7 @@ class PaperCell:
         return float(self.paper.split("±")[0])
 
 
+@cache
 def load(path: Path = REFERENCE) -> dict[str, tuple[str, tuple[PaperCell, ...]]]:
     """Suite name -> (the source line, its cells)."""
     data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -61,14 +63,8 @@ def section(suite: str, records: Iterable[RunRecord], reference: dict | None = N
              "| Row | Backbone | Module | Paper | Measured | Measured − paper |",
              "|:----|:---------|:-------|------:|---------:|-----------------:|"]
     for cell in cells:
-        values = measured(cell, records)
-        if values:
-            mean = statistics.fmean(values)
-            text = f"{mean:.2f} ± {statistics.stdev(values):.2f} (n={len(values)})" if len(values) > 1 else \
-                f"{mean:.2f} (n=1)"
-            diff = f"{mean - cell.mean:+.2f}"
-        else:
-            text, diff = "—", "—"
+        mine = Cell(tuple(measured(cell, records)))  # the leaderboard's own cell: mean ± sample std (n)
+        diff = f"{mine.mean - cell.mean:+.2f}" if mine.n else "—"
         module = str(cell.module) if cell.module else "last"
-        lines.append(f"| {cell.row} | {cell.backbone} | {module} | {cell.paper} | {text} | {diff} |")
+        lines.append(f"| {cell.row} | {cell.backbone} | {module} | {cell.paper} | {mine.text()} | {diff} |")
     return "\n".join(lines) + "\n"
