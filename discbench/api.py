@@ -113,6 +113,7 @@ class LossContext:
     source_module: int = 0  # 1-based index of the source module of this pair
     target_module: int = 0  # 1-based index of the target module of this pair
     critic_impl: str | None = None  # MI critic implementation resolved once per run (None: discbench.kernels decides)
+    views: Mapping[str, Tensor] = field(default_factory=dict)  # the step's extra inputs (``Protocol.views``)
 
 
 @dataclass
@@ -232,9 +233,18 @@ class Protocol(nn.Module):
     - ``cost(image_shape) -> dict``: parameters and FLOPs per classifier, the losses' extra parameters;
     - ``train(mode)``: a frozen teacher stays in eval mode whatever the loop asks.
 
+    - ``views(data, batch, generator) -> {name: tensor}`` (optional): extra inputs of a step drawn from the training
+      data, which ``forward`` reads as ``ctx.views``: a second distorted view of each image (DDGSD), a sample of the
+      same class (CS-KD). A method that changes the data is one protocol file, not a change of the loop;
+    - ``check_data(cfg, data)`` (optional, a classmethod): refuses, in one line, training data the method cannot use
+      (called once the data is open, before anything trains).
+
     Class attributes: ``name`` (registry key), ``Config`` (the frozen dataclass of ``[protocols.<name>]`` in
     bench.toml, a ``discbench.config.ProtocolConfig``), ``partner`` (the Config field naming the second network:
-    ``"peer"`` or ``"teacher"``; None for one network), ``needs_teacher`` and ``kd_field``.
+    ``"peer"`` or ``"teacher"``; None for one network), ``needs_teacher``, ``kd_field``, ``family`` (the protocol
+    whose tables its rows join: a self-distillation method with its own objective, such as CS-KD or ONE, is of family
+    ``self``; None: its own) and ``takes_loss`` (False: the protocol's objective is the method itself and it runs no
+    discrepancy plugin; its methods are the ``[methods]`` tables that name it).
     """
 
     name: ClassVar[str]
@@ -242,6 +252,27 @@ class Protocol(nn.Module):
     partner: ClassVar[str | None] = None
     needs_teacher: ClassVar[bool] = False
     kd_field: ClassVar[str | None] = None  # the Config field weighing the protocol's own logit-KD term
+    family: ClassVar[str | None] = None  # the protocol whose tables its rows join (None: its own)
+    takes_loss: ClassVar[bool] = True  # False: the objective is the protocol's own, no discrepancy plugin runs
+
+    @classmethod
+    def table_protocol(cls) -> str:
+        """The protocol whose tables this protocol's rows join (``family``, else its own name)."""
+        return cls.family or cls.name
+
+    @classmethod
+    def check_data(cls, cfg: RunConfig, data: Any) -> None:
+        """Refuse (``DiscbenchError``, one line) training data that a run of ``cfg`` cannot use; default: any."""
+
+    @classmethod
+    def draws_views(cls) -> bool:
+        """Whether the protocol draws extra views (it overrides ``views``): they need a dataset held in memory."""
+        return cls.views is not Protocol.views
+
+    def views(self, data: Any, batch: Any, generator: torch.Generator) -> dict[str, Tensor]:
+        """Extra inputs of the step on ``batch`` (``discbench.data.Batch``) drawn from the training ``data`` with
+        ``generator`` (the run's data stream, so that a resumed run draws the same); default: none."""
+        return {}
 
     @classmethod
     def is_baseline(cls, cfg: RunConfig) -> bool:  # pragma: no cover - every protocol overrides it

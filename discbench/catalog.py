@@ -12,6 +12,7 @@ metadata lives in their classes. A test holds the static reading against the imp
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -137,27 +138,53 @@ def _hparams(init: ast.FunctionDef | None) -> dict[str, str]:
     return {n: repr(_literal(defaults[n])) for n in names if n in defaults}
 
 
+@dataclass(frozen=True)
+class ProtocolCard:
+    """A built-in protocol as its source declares it (``discbench.api.Protocol``'s class attributes)."""
+
+    name: str
+    partner: str | None
+    module: str
+    family: str  # the protocol whose tables its rows join (its own name when it declares none)
+    takes_loss: bool
+
+
 def protocol_names() -> tuple[str, ...]:
     """The built-in protocols' names, sorted, read from their files."""
-    return tuple(name for name, _, _ in _protocols())
+    return tuple(p.name for p in protocol_cards())
 
 
-def _protocols() -> list[tuple[str, str | None, str]]:
-    """(name, partner option, module) of every built-in protocol, by name."""
+def loss_protocols() -> tuple[str, ...]:
+    """The protocols a discrepancy plugin can run under (``takes_loss``), sorted."""
+    return tuple(p.name for p in protocol_cards() if p.takes_loss)
+
+
+def table_protocol(name: str) -> str:
+    """The protocol whose tables a run of protocol ``name`` joins (its ``family``; itself for an unknown name)."""
+    return next((p.family for p in protocol_cards() if p.name == name), name)
+
+
+@functools.cache
+def protocol_cards() -> tuple[ProtocolCard, ...]:
+    """Every built-in protocol, by name (read once per process)."""
     classes = _classes(package_dir("discbench.protocols"), "discbench.protocols", "PROTOCOLS")
     out = []
     for cls_name, cls in classes.items():
         if cls.registered:
-            partner = _lookup(classes, cls_name, "partner")
-            out.append((_literal(_lookup(classes, cls_name, "name")), _literal(partner) if partner else None,
-                        cls.module))
-    return sorted(out)
+            def attr(key: str, default: Any, cls_name: str = cls_name) -> Any:
+                node = _lookup(classes, cls_name, key)
+                return default if node is None else _literal(node)
+
+            name = attr("name", None)
+            out.append(ProtocolCard(name, attr("partner", None), cls.module, attr("family", None) or name,
+                                    attr("takes_loss", True)))
+    return tuple(sorted(out, key=lambda p: p.name))
 
 
 def static_cards(directory: Path | None = None) -> list[LossCard]:
     """The built-in losses' cards, read from their source files (``Unreadable`` if one cannot be read so)."""
     classes = _classes(directory or package_dir("discbench.losses"), "discbench.losses", "LOSSES")
-    every = protocol_names()
+    every = loss_protocols()
     cards = []
     for cls_name, cls in classes.items():
         if not cls.registered:
@@ -173,7 +200,7 @@ def imported_cards() -> list[LossCard]:
     loaded is a card whose origin says ``ERROR: ...`` (the others are listed all the same)."""
     from discbench.registry import LOSSES, PROTOCOLS
 
-    every = tuple(PROTOCOLS.names())
+    every = tuple(n for n in PROTOCOLS.names() if PROTOCOLS.get(n).takes_loss)
     cards = []
     for name, origin in LOSSES.origins().items():
         problem = LOSSES.problem(name)
@@ -197,5 +224,9 @@ def loss_cards() -> list[LossCard]:
 
 def protocol_rows() -> list[tuple[str, str]]:
     """``list protocols``: each built-in protocol, where it comes from and the option naming its second network."""
-    return [(name, f"built-in ({module})" + (f"; second network: --{partner}" if partner else ""))
-            for name, partner, module in _protocols()]
+    def describe(p: ProtocolCard) -> str:
+        return (f"built-in ({p.module})" + (f"; second network: --{p.partner}" if p.partner else "")
+                + (f"; rows join the {p.family} tables" if p.family != p.name else "")
+                + ("" if p.takes_loss else "; its own objective, no discrepancy plugin"))
+
+    return [(p.name, describe(p)) for p in protocol_cards()]

@@ -94,8 +94,8 @@ def cli() -> None:
 @click.option("--dataset", default="fashion-mnist", show_default=True)
 @click.option("--budget", default="smoke", show_default=True, help="Recipe: smoke, zoo, paper, ... (discbench list "
                                                                        "budgets).")
-@click.option("--protocol", default="self", show_default=True, help="self, online or offline (discbench list "
-                                                                        "protocols).")
+@click.option("--protocol", default=None, help="self, online, offline, ... (discbench list protocols); default: self, "
+                                                "or the one protocol the method is defined for (cs_kd for cs_kd).")
 @click.option("--peer", default=None, help="online: the second network's backbone (default: the same as --backbone).")
 @click.option("--teacher", default=None, help="offline: the teacher's backbone, from the teacher store.")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1, max=10_000),
@@ -119,6 +119,8 @@ def run(loss, backbone, dataset, budget, protocol, peer, teacher, seeds, overrid
     from discbench.runner import run_seeds
 
     bench = Bench.load(config_path)
+    protocol = protocol or bench.home_protocol(loss)
+    protocol = protocol or bench.home_protocol(loss)
     cfg = bench.resolve(loss, backbone, dataset, budget, protocol, overrides, label,
                         partner={"peer": peer, "teacher": teacher})
     dist = Distributed.from_env()
@@ -474,13 +476,15 @@ def list_(what, config_path):
                 for name, table in sorted(bench.data["datasets"].items())]
     elif what == "suites":  # from the tables and the catalog: no torch; the time on this machine: discbench plan
         from discbench import suites
-        from discbench.catalog import loss_cards, protocol_names
+        from discbench.catalog import loss_cards, protocol_cards
 
         cards = {c.name: c.protocols for c in loss_cards() if c.protocols}
-        every = protocol_names()
+        every = [p.name for p in protocol_cards()]
 
-        def methods(protocol: str) -> int:
-            return sum(protocol in bench.method(m, cards, every).protocols for m in bench.method_names(list(cards)))
+        def methods(protocol: str) -> int:  # rows = "all": every method of every protocol of the family
+            family = [p.name for p in protocol_cards() if p.family == protocol]
+            return sum(p in bench.method(m, cards, every).protocols for p in family
+                       for m in bench.method_names(list(cards)))
 
         rows = [(name, suites.summary(bench, name, methods)) for name in bench.names("suites")]
         click.echo("suite: protocol, budget, size (seeds and time on this machine: discbench plan --suite NAME)")
@@ -512,20 +516,30 @@ def _loss_rows(bench) -> list[tuple[str, str]]:
 @cli.command()
 @click.option("--loss", default=None, help="A registered loss, built-in or from another package (discbench list "
                                            "losses).")
-@click.option("--backbone", default=None, help="A backbone (discbench list backbones), tv:NAME or timm:NAME.")
-@click.option("--dataset", "datasets", multiple=True, help="With --backbone: check at this dataset's input shape "
-                                                           "(repeatable; default: fashion-mnist and cifar100).")
+@click.option("--backbone", default=None, help="A backbone (discbench list backbones), tv:NAME or timm:NAME; with "
+                                               "--protocol, the network it is checked on (default tinynet).")
+@click.option("--protocol", default=None, help="A protocol (discbench list protocols): its contract, with each method "
+                                               "defined for it that runs no plugin.")
+@click.option("--dataset", "datasets", multiple=True, help="With --backbone or --protocol: check at this dataset's "
+                                                           "input shape (repeatable; default: fashion-mnist and "
+                                                           "cifar100; fashion-mnist with --protocol).")
 @config_option
-def validate(loss, backbone, datasets, config_path):
-    """Run the plugin contract suite (discbench.contract) on one loss, or the backbone contract on one backbone
-    (four modules, specs against real shapes, every parameter trains at batch 2): one line per check, then a
-    summary.
+def validate(loss, backbone, protocol, datasets, config_path):
+    """Run the plugin contract suite (discbench.contract) on one loss, the backbone contract on one backbone
+    (four modules, specs against real shapes, every parameter trains at batch 2), or the protocol contract
+    (discbench.protocol_check: build, classifiers, a finite step, gradients to every parameter, determinism, cost):
+    one line per check, then a summary.
 
     A check that needs one that failed is skipped (SKIP). Exit status 0 when every check passes, 1 when any fails,
-    2 for an unknown loss or backbone, a plugin that cannot be loaded or a backbone that cannot be built.
+    2 for an unknown loss, backbone or protocol, a plugin that cannot be loaded or a backbone that cannot be built.
     """
+    if protocol is not None:
+        if loss is not None:
+            raise click.UsageError("--protocol checks the protocol's own methods; check a loss with --loss alone")
+        _validate_protocol(protocol, backbone or "tinynet", datasets, config_path)
+        return
     if (loss is None) == (backbone is None):
-        raise click.UsageError("give exactly one of --loss NAME and --backbone NAME")
+        raise click.UsageError("give exactly one of --loss NAME, --backbone NAME and --protocol NAME")
     if backbone is not None:
         _validate_backbone(backbone, datasets, config_path)
         return
@@ -537,17 +551,35 @@ def validate(loss, backbone, datasets, config_path):
     cls = LOSSES.get(loss)  # unknown name -> DiscbenchError -> exit 2 with "did you mean"
     click.echo(f"{loss} v{cls.version} ({LOSSES.origins()[loss]}): tap '{cls.tap.value}', "
                f"target {'detached' if cls.detaches_target else 'trained'}")
-    results = run_contract(loss)
+    _print_checks(loss, run_contract(loss))
+
+
+def _print_checks(name: str, results) -> None:
+    """One line per check, then the summary; exit status 1 when any failed."""
     width = max(len(r.check) for r in results)
     for r in results:
         click.echo(f"{'PASS' if r.passed else 'SKIP' if r.skipped else 'FAIL'}  {r.check:<{width}}  {r.detail}")
     passed = sum(r.passed for r in results)
     skipped = sum(r.skipped for r in results)
     failed = len(results) - passed - skipped
-    click.echo(f"{loss}: {passed}/{len(results)} checks passed" + (f", {failed} failed" if failed else "")
+    click.echo(f"{name}: {passed}/{len(results)} checks passed" + (f", {failed} failed" if failed else "")
                + (f", {skipped} skipped" if skipped else ""))
     if failed:
         sys.exit(1)  # not ctx.exit: main() runs click with standalone_mode=False, which swallows Exit codes
+
+
+def _validate_protocol(name, backbone, datasets, config_path):
+    from discbench.config import Bench
+    from discbench.protocol_check import protocol_cases, run_protocol_checks
+    from discbench.registry import PROTOCOLS
+
+    bench = Bench.load(config_path)
+    PROTOCOLS.get(name)  # unknown name -> DiscbenchError -> exit 2 with "did you mean"
+    cases = [c for ds in (datasets or ("fashion-mnist",)) for c in protocol_cases(bench, name, backbone, ds)]
+    if not cases:
+        raise DiscbenchError(f"protocol '{name}' has no method without a plugin to check it with; define one under "
+                             f"[methods.NAME.protocols.{name}]")
+    _print_checks(name, list(run_protocol_checks(cases)))
 
 
 def _validate_backbone(name, datasets, config_path):
@@ -652,7 +684,7 @@ def config() -> None:
 @click.option("--backbone", default="resnet18", show_default=True)
 @click.option("--dataset", default="fashion-mnist", show_default=True)
 @click.option("--budget", default="smoke", show_default=True)
-@click.option("--protocol", default="self", show_default=True)
+@click.option("--protocol", default=None, help="Default: self, or the one protocol the method is defined for.")
 @click.option("--peer", default=None)
 @click.option("--teacher", default=None)
 @sets_option
@@ -668,6 +700,7 @@ def config_show(loss, backbone, dataset, budget, protocol, peer, teacher, overri
     if loss is None:
         click.echo(dumps(bench.data))
         return
+    protocol = protocol or bench.home_protocol(loss)
     cfg = bench.resolve(loss, backbone, dataset, budget, protocol, overrides,
                         partner={"peer": peer, "teacher": teacher})
     payload = cfg.to_dict()

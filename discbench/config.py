@@ -280,7 +280,8 @@ class _RegisteredLosses(Mapping):
 
     def __getitem__(self, name: str) -> tuple[str, ...]:
         supported = LOSSES.get(name).protocols
-        return tuple(PROTOCOLS.names()) if supported is None else tuple(supported)
+        every = tuple(p for p in PROTOCOLS.names() if PROTOCOLS.get(p).takes_loss)
+        return every if supported is None else tuple(supported)
 
     def __iter__(self):
         return iter(LOSSES.names())
@@ -410,6 +411,12 @@ class Bench:
                       common=_sections(table, where),
                       per_protocol={p: _sections(s, f"{where}, protocol '{p}'") for p, s in per_protocol.items()},
                       protocols=protocols)
+
+    def home_protocol(self, name: str) -> str:
+        """The protocol a run of method ``name`` takes when none is named: ``self`` where the method is defined for
+        it, else the first protocol it is defined for (``cs_kd`` for CS-KD)."""
+        protocols = self.method(name).protocols
+        return "self" if "self" in protocols or not protocols else protocols[0]
 
     # -- resolution -----------------------------------------------------------------------------------------------
     def resolve(

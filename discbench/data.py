@@ -84,6 +84,8 @@ class Normalize:
 class ResidentData:
     """A dataset held on the device as uint8; batches are augmented and normalised on the device."""
 
+    resident = True  # a protocol's extra views (``Protocol.views``) can draw any training sample
+
     def __init__(self, cfg: DatasetConfig, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
                  device: torch.device):
         self.cfg = cfg
@@ -136,6 +138,43 @@ class ResidentData:
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.num_train // batch_size
+
+    # -- what a protocol's extra views draw on (``discbench.api.Protocol.views``) ------------------------------------
+    def augment(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """The dataset's training augmentation (random crop with zero padding, flip) of a uint8 batch."""
+        return random_crop_flip(images, self.cfg.crop_padding, self.cfg.flip, generator)
+
+    def sample(self, idx: Tensor, generator: torch.Generator) -> Tensor:
+        """Training samples ``idx`` as a training batch sees them: freshly augmented and normalised.
+
+        Shape: idx (B,) -> (B, C, H, W) float.
+        """
+        return self.normalize(self.augment(self.train_x[idx], generator))
+
+    def class_counts(self) -> Tensor:
+        """Training samples per class. Shape: (num_classes,) int64."""
+        return torch.bincount(self.train_y, minlength=self.cfg.num_classes)
+
+    def same_class_partners(self, idx: Tensor, generator: torch.Generator) -> Tensor:
+        """For each training index, another training sample of the same class, drawn uniformly (CS-KD's pairs).
+
+        A sample at position p among the n_c samples of its class c gets the sample at position (p + 1 + r) mod n_c
+        with r uniform in 0..n_c - 2: every other sample of c with probability 1 / (n_c - 1), never itself. A class
+        with one sample pairs it with itself (``Protocol.check_data`` refuses such data where a method needs pairs).
+
+        Shape: idx (B,) -> (B,) int64.
+        """
+        order = torch.argsort(self.train_y, stable=True)  # training indices grouped by class
+        counts = self.class_counts()
+        starts = torch.cumsum(counts, 0) - counts  # where each class begins in ``order``
+        position = torch.empty_like(order)
+        position[order] = torch.arange(len(order), device=order.device)
+        y = self.train_y[idx]
+        n = counts[y]
+        rank = position[idx] - starts[y]  # the sample's position within its class
+        r = (torch.rand(len(idx), generator=generator, device=idx.device) * (n - 1).clamp(min=1)).long()
+        partner_rank = torch.where(n > 1, (rank + 1 + r) % n, rank)
+        return order[starts[y] + partner_rank]
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         for start in range(0, self.num_test, batch_size):
@@ -349,6 +388,8 @@ class StreamedImageFolder:
     (reproduced on resume); the PIL augmentation draws from the workers' own RNGs, seeded from torch's global RNG
     when the loader starts, so it is reproducible for an uninterrupted run but not across a resume.
     """
+
+    resident = False  # samples stream from disk: no extra views (``Protocol.views``)
 
     def __init__(self, cfg: DatasetConfig, base: Path, device: torch.device, workers: int | None = None,
                  split: str = "val"):

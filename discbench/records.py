@@ -107,8 +107,10 @@ class RunRecord:
 
     @property
     def networks(self) -> list[str]:
-        """The evaluated networks, in the protocol's order (``net``; ``net1``, ``net2``; ``student``)."""
-        return list(dict.fromkeys(c.network for c in self.classifiers))
+        """The evaluated networks, in the protocol's order (``net``; ``net1``, ``net2``; ``student``): those with a
+        final classifier (``last``). A classifier without one is recorded but reported in no table (ONE's other
+        branches and its ensemble, FRSKD's self-teacher)."""
+        return list(dict.fromkeys(c.network for c in self.classifiers if c.last))
 
     def history(self) -> dict[Term, list[float]]:
         """The term history (window means over training) by typed term; empty when the record has none."""

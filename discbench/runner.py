@@ -143,6 +143,17 @@ class SeedsFailed(DiscbenchError):
 
 
 # -- one configuration -----------------------------------------------------------------------------------------------
+def check_data(cfg: RunConfig, data: Any) -> None:
+    """Before anything trains: the protocol can use the opened training data (``Protocol.check_data``), and a
+    protocol that draws extra views (``Protocol.views``) has a dataset held in memory to draw them from."""
+    protocol = PROTOCOLS.get(cfg.protocol_name)
+    if protocol.draws_views() and not getattr(data, "resident", False):
+        raise DiscbenchError(f"protocol '{protocol.name}' draws extra views of training samples, which needs a "
+                             f"dataset held in memory; '{cfg.dataset.name}' streams from disk (layout "
+                             f"'{cfg.dataset.layout}'): use a resident layout or another protocol")
+    protocol.check_data(cfg, data)
+
+
 def run_seeds(ws: Workspace, cfg: RunConfig, seeds: Iterable[int]) -> list[Path]:
     """Train each seed of ``cfg`` whose record does not exist yet (all with ``force``) and write its record.
 
@@ -174,7 +185,7 @@ def run_seeds(ws: Workspace, cfg: RunConfig, seeds: Iterable[int]) -> list[Path]
         if not checked:
             if dist.is_main:
                 check_writable(path)
-            ws.data.get(cfg, ws.device)  # open (and check) the data first: a missing dataset is one line in seconds
+            check_data(cfg, ws.data.get(cfg, ws.device))  # open (and check) the data first: one line in seconds
             preflight(cfg, teacher=teacher.network if teacher else None)  # (a large network's pre-flight takes longer)
             checked = True
         files = seed_files(ws.results_dir, cfg, seed)

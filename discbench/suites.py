@@ -1,12 +1,15 @@
 """Suites: the tables of bench.toml (``[suites.<name>]``), each rows x datasets x backbones under one protocol.
 
-A row names a method (a registered loss or a baseline, ``discbench list losses``), optionally with a label and a
+A row names a method (a registered loss or a baseline, ``discbench list losses``), optionally with a label, the
+protocol it runs under (default: the suite's; or a protocol of the suite's family, ``discbench.api.Protocol.family``:
+MUSE Table 2 sets CS-KD, ONE, DDGSD and FRSKD, protocols with objectives of their own, beside the self rows) and a
 ``set`` of overrides for what the row changes beyond the method's definition (an ablation); a suite's own ``set``
 applies to every row (what the whole table changes, e.g. Table 6's "without KD at the exits"). A ``set`` may neither
-restate nor change what defines a method (its ``[methods]`` settings under the suite's protocol, and the KD weight a
+restate nor change what defines a method (its ``[methods]`` settings under the row's protocol, and the KD weight a
 logit-distillation plugin replaces): a variant of a method is another method. ``rows = "all"`` is every method
-defined for the suite's protocol: the baselines, then every registered loss, so that a new loss joins such a suite
-without an edit. ``extends = "other"`` starts from another suite's table and overrides the keys it sets.
+defined for the protocols of the suite's family: the baselines, then every registered loss, then the methods of the
+family's other protocols, so that a new loss or a new self-distillation method joins such a suite without an edit.
+``extends = "other"`` starts from another suite's table and overrides the keys it sets.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ ALL_ROWS = "all"
 @dataclass(frozen=True)
 class SuiteRow:
     """A row: its method, label and ``set``; ``seeds_from`` offsets its seeds (seeds_from .. seeds_from + n - 1): a
-    negative control is the baseline's method under another label with other seeds."""
+    negative control is the baseline's method under another label with other seeds. ``protocol``: the protocol it
+    runs under, "" for the suite's (``Suite.protocol_of``)."""
 
     loss: str
     label: str
     overrides: tuple[str, ...]
     seeds_from: int = 0
+    protocol: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,10 @@ class Suite:
     description: str = ""
     overrides: tuple[str, ...] = ()  # the suite's `set`: applied to every row, before the row's own
 
+    def protocol_of(self, row: SuiteRow) -> str:
+        """The protocol ``row`` runs under."""
+        return row.protocol or self.protocol
+
     def columns(self) -> list[tuple[str, str | None]]:
         """(backbone, partner) per column; partner None for one-network protocols."""
         if not self.partners:
@@ -90,24 +99,34 @@ def _sets(table, where: str) -> tuple[str, ...]:
     return tuple(f"{k}={json.dumps(v)}" for k, v in table.items())
 
 
+def family(protocol: str) -> list[str]:
+    """``protocol`` and every registered protocol whose rows join its tables (``Protocol.family``)."""
+    return [protocol, *(p for p in PROTOCOLS.names() if p != protocol and PROTOCOLS.get(p).family == protocol)]
+
+
 def _rows(bench: Bench, rows, protocol: str, where: str) -> tuple[SuiteRow, ...]:
     if rows == ALL_ROWS:
-        return tuple(SuiteRow(name, name, ()) for name in bench.method_names()
-                     if protocol in bench.method(name).protocols)
+        return tuple(SuiteRow(name, name, (), protocol="" if p == protocol else p)
+                     for p in family(protocol) for name in bench.method_names() if p in bench.method(name).protocols)
     if not isinstance(rows, list):
         raise DiscbenchError(f"{where}: rows must be a list of tables or \"{ALL_ROWS}\"")
     out = []
     for i, row in enumerate(rows):
-        unknown = set(row) - {"loss", "label", "set", "seeds_from"} if isinstance(row, dict) else {"?"}
+        unknown = set(row) - {"loss", "label", "set", "seeds_from", "protocol"} if isinstance(row, dict) else {"?"}
         if unknown or "loss" not in row:
-            raise DiscbenchError(f"{where}: row {i} needs 'loss', may have 'label', 'set' and 'seeds_from'; got "
-                                 f"{sorted(row) if isinstance(row, dict) else row!r}")
+            raise DiscbenchError(f"{where}: row {i} needs 'loss', may have 'label', 'protocol', 'set' and "
+                                 f"'seeds_from'; got {sorted(row) if isinstance(row, dict) else row!r}")
         label = row.get("label", row["loss"])
         sets = _sets(row.get("set", {}), f"{where}, row '{label}'")
         offset = row.get("seeds_from", 0)
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise DiscbenchError(f"{where}, row '{label}': seeds_from must be an integer >= 0, got {offset!r}")
-        out.append(SuiteRow(loss=row["loss"], label=label, overrides=sets, seeds_from=offset))
+        row_protocol = row.get("protocol", protocol)
+        if row_protocol not in family(protocol):
+            raise DiscbenchError(f"{where}, row '{label}': protocol {row_protocol!r} does not join the "
+                                 f"'{protocol}' tables; protocols that do: {', '.join(family(protocol))}")
+        out.append(SuiteRow(loss=row["loss"], label=label, overrides=sets, seeds_from=offset,
+                            protocol="" if row_protocol == protocol else row_protocol))
     labels = [r.label for r in out]
     if len(set(labels)) < len(labels):
         raise DiscbenchError(f"{where}: two rows are labelled '{next(x for x in labels if labels.count(x) > 1)}'; "
@@ -165,7 +184,8 @@ def defining(bench: Bench, method: str, protocol: str) -> dict[tuple[str, str], 
 
 def check_row(bench: Bench, suite: Suite, row: SuiteRow) -> None:
     """A row's settings (the suite's ``set``, then its own) neither restate nor change what defines its method."""
-    declared = defining(bench, row.loss, suite.protocol)
+    protocol = suite.protocol_of(row)
+    declared = defining(bench, row.loss, protocol)
     for item in (*suite.overrides, *row.overrides):
         section, key, value = parse_override(item)
         if (section, key) not in declared:
@@ -173,7 +193,7 @@ def check_row(bench: Bench, suite: Suite, row: SuiteRow) -> None:
         was = declared[(section, key)]
         what = "restates" if value == was else f"changes (declared: {was!r})"
         raise DiscbenchError(f"suite '{suite.name}', row '{row.label}': {section}.{key} = {value!r} {what} what "
-                             f"defines method '{row.loss}' under protocol '{suite.protocol}'; drop it (a variant of a "
+                             f"defines method '{row.loss}' under protocol '{protocol}'; drop it (a variant of a "
                              f"method is another method: add one to [methods])")
 
 
@@ -182,7 +202,7 @@ def runs(bench: Bench, suite: Suite, budget: str | None = None, seeds: int | Non
     ``seeds`` (or the suite's number of) seeds it trains, from the row's ``seeds_from``."""
     key = PROTOCOLS.get(suite.protocol).partner
     n = seeds or suite.seeds
-    return [SuiteRun(bench.resolve(row.loss, backbone, dataset, budget or suite.budget, suite.protocol,
+    return [SuiteRun(bench.resolve(row.loss, backbone, dataset, budget or suite.budget, suite.protocol_of(row),
                                    (*suite.overrides, *row.overrides), row.label,
                                    partner={key: partner} if partner else None),
                      range(row.seeds_from, row.seeds_from + n))

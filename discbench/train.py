@@ -186,7 +186,7 @@ def train(cfg: RunConfig, seed: int, data, device: torch.device, progress: bool 
                 x = batch.x.contiguous(memory_format=torch.channels_last) if runtime["channels_last"] else batch.x
                 ctx = LossContext(step=pos.step, epoch=epoch, protocol=cfg.protocol_name, labels=batch.y,
                                   indices=batch.idx, dataset_size=data.num_train, num_classes=cfg.dataset.num_classes,
-                                  critic_impl=critic_impl)
+                                  critic_impl=critic_impl, views=system.views(data, batch, generator))
                 with autocast, record_impls(pos.critics):
                     out = step_fn(x, batch.y, ctx)
                 pos.keys = list(out.terms)

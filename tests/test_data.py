@@ -227,3 +227,36 @@ def test_a_dataset_of_your_own_with_a_test_split(bench, tmp_path):
     with pytest.raises(DiscbenchError, match=r"leaves not found: .*or .*/test .*put your images there") as info:
         load_tinyimagenet(cfg, tmp_path / "missing", False)
     assert "tiny-imagenet" not in str(info.value)
+
+
+def _labelled(labels: list[int], bench) -> ResidentData:
+    cfg = bench.resolve("none", "tinynet", "fashion-mnist", "zoo").dataset
+    n = len(labels)
+    x = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 28, 28).contiguous()
+    y = torch.tensor(labels)
+    return ResidentData(cfg, (x, y), (x[:2], y[:2]), torch.device("cpu"))
+
+
+def test_same_class_partners_are_another_sample_of_the_class_drawn_uniformly(bench):
+    labels = [0, 1, 2, 0, 1, 0, 2, 0]  # class 0 at 0, 3, 5, 7; class 1 at 1, 4; class 2 at 2, 6
+    data = _labelled(labels, bench)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.tensor([0] * 3000 + [1, 4, 2, 6] * 10)
+    partners = data.same_class_partners(idx, g)
+    y = torch.tensor(labels)
+    assert torch.equal(y[partners], y[idx]) and not bool((partners == idx).any())
+    # a two-sample class always pairs with the other sample; class 0's three others each ~1/3 of the time
+    assert partners[3000:].tolist() == [4, 1, 6, 2] * 10
+    counts = torch.bincount(partners[:3000], minlength=8)[[3, 5, 7]].float() / 3000
+    assert bool(((counts - 1 / 3).abs() < 0.04).all()), counts
+    assert torch.equal(partners, data.same_class_partners(idx, torch.Generator().manual_seed(0)))
+    assert data.class_counts().tolist() == [4, 2, 2] + [0] * 7
+
+
+def test_a_sample_view_is_the_training_augmentation_of_those_samples(bench):
+    data = _labelled([0, 1, 2, 3], bench)
+    idx = torch.tensor([3, 1])
+    view = data.sample(idx, torch.Generator().manual_seed(5))
+    expected = data.normalize(random_crop_flip(data.train_x[idx], data.cfg.crop_padding, data.cfg.flip,
+                                               torch.Generator().manual_seed(5)))
+    assert torch.equal(view, expected) and view.dtype == torch.float32

@@ -1,6 +1,8 @@
 """Run records as a pandas frame: one row per run, read from the records' typed fields.
 
-Each row holds the run's identity (dataset, budget, protocol, backbone, partner, label, seed...), its cost (the
+Each row holds the run's identity (dataset, budget, protocol, backbone, partner, label, seed...; ``protocol`` is the
+table the run joins, ``discbench.api.Protocol.family``: a CS-KD run sits in the self-distillation tables, and
+``method_protocol`` the protocol it ran), its cost (the
 losses' extra parameters, step time, peak memory, the machine) and its accuracies: ``top1``, a dict from the typed
 (network, exit) pair of every evaluated classifier to its final top-1, ``last``, a dict from network to the top-1 of
 its own final classifier, and ``primary``, the number a one-value cell shows (the mean of the last top-1 of the
@@ -14,6 +16,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from discbench.catalog import table_protocol
 from discbench.errors import DiscbenchError
 from discbench.records import RunRecord
 
@@ -79,7 +82,8 @@ def runs_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
         peak = r.cost.get("peak_memory") or {}
         steps_per_second = r.timing["steps_per_second"]
         rows.append({
-            "dataset": r.dataset, "budget": r.budget, "protocol": r.protocol, "backbone": r.backbone,
+            "dataset": r.dataset, "budget": r.budget, "protocol": table_protocol(r.protocol),
+            "method_protocol": r.protocol, "backbone": r.backbone,
             "partner": r.partner, "label": r.label, "config_hash": r.config_hash, "seed": r.seed,
             "run_id": r.run_id, "loss": r.loss["name"], "loss_source": plugin_source(r.loss), "baseline": r.baseline,
             "loss_params": r.cost["loss_params"], "images_per_second": r.timing["images_per_second"],
