@@ -1,5 +1,5 @@
 """The ``discbench`` command line: run, sweep, leaderboard, publish, check-records, status, bench, list, validate,
-train-teacher, teacher, config.
+train-teacher, teacher, config, dataset.
 
 A command parses its options, builds what the library needs (a configuration, a ``discbench.runner.Workspace``) and
 calls one library function; it holds no logic of its own. Every command imports what it needs inside its own body:
@@ -487,12 +487,13 @@ def list_(what, config_path):
                        for m in bench.method_names(list(cards)))
 
         rows = [(name, suites.summary(bench, name, methods)) for name in bench.names("suites")]
-        click.echo("suite: protocol, budget, size (seeds and time on this machine: discbench plan --suite NAME)")
+        click.echo("suite: what it shows; protocol, budget, size (the seeds a difference needs and the time on this "
+                   "machine, from the records: discbench plan --suite NAME)")
     else:
         rows = [(name, bench.describe()) for name in bench.names("recipes")]
     width = max((len(n) for n, _ in rows), default=0)
     for name, origin in rows:
-        click.echo(f"{name:<{width}}  {origin}")
+        click.echo(f"{name:<{width}}  {origin}".replace("\n", "\n" + " " * (width + 2)))
 
 
 def _loss_rows(bench) -> list[tuple[str, str]]:
@@ -719,6 +720,30 @@ def config_init(path, force):
     if path.exists() and not force:
         raise DiscbenchError(f"{path} exists; edit it, or pass --force to replace it")
     _write_text(path, STARTER.rstrip("\n"))
+
+
+@cli.group()
+def dataset() -> None:
+    """A dataset of your own: measure it for its bench.toml table."""
+
+
+@dataset.command(name="stats")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--name", default=None, help="The table's name, [datasets.NAME] (default: the directory's name).")
+def dataset_stats(directory, name):
+    """Print the [datasets.NAME] table of an ImageFolder dataset.
+
+    DIRECTORY holds train/<class>/*.png|jpg and val/<class>/ (or test/<class>/). The table has its classes, image
+    size, and the per-channel mean and std of every training pixel as the imagefolder-resident loader decodes them.
+    Paste it into your project's bench.toml, or append it:
+
+    \b
+        discbench dataset stats DIR --name mydata >> bench.toml
+    """
+    from discbench.dataset_stats import measure, table
+
+    stats = measure(directory)
+    click.echo("\n" + table(stats, stats.directory.name if name is None else name))
 
 
 def _note(line: str) -> None:

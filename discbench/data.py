@@ -337,11 +337,19 @@ def _image_folder_root(cfg: DatasetConfig, root: Path | None) -> tuple[Path, str
     return base, split
 
 
+def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """One image as the resident ImageFolder loader holds it: RGB, resized to ``size`` x ``size`` (a copy when it is
+    that size already). Shape: (size, size, 3) uint8. ``discbench dataset stats`` measures these pixels."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.array(img.convert("RGB").resize((size, size)), dtype=np.uint8)
+
+
 @DATASETS.register("imagefolder-resident")
 def load_tinyimagenet(cfg: DatasetConfig, root: Path | None, download: bool) -> Arrays:
     """Tiny-ImageNet: ``train/<wnid>/images/*.JPEG`` and either ``val/<wnid>/`` or the raw ``val/images`` with
     ``val/val_annotations.txt``; decoded once into uint8 tensors."""
-    from PIL import Image
     from torchvision.datasets import ImageFolder
 
     base, split = _image_folder_root(cfg, root)
@@ -357,9 +365,7 @@ def load_tinyimagenet(cfg: DatasetConfig, root: Path | None, download: bool) -> 
         size = cfg.image_size
         x = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
         for i, (path, _) in enumerate(samples):
-            with Image.open(path) as img:
-                arr = np.array(img.convert("RGB").resize((size, size)), dtype=np.uint8)
-            x[i] = torch.from_numpy(arr).permute(2, 0, 1)
+            x[i] = torch.from_numpy(decode_image(path, size)).permute(2, 0, 1)
         return x, torch.tensor([label for _, label in samples], dtype=torch.int64)
 
     return decode(train.samples), decode(val)

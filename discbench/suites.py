@@ -24,7 +24,7 @@ from discbench.ranges import within
 from discbench.registry import LOSSES, PROTOCOLS
 from discbench.typed import build
 
-LAYOUTS = ("modules", "compression")
+LAYOUTS = ("modules", "compression", "methods-columns")
 ALL_ROWS = "all"
 
 
@@ -65,7 +65,8 @@ class Suite:
     budget: str
     rows: tuple[SuiteRow, ...]
     partners: tuple[str, ...] = ()
-    layout: str = "modules"  # how the leaderboard renders it: "modules" (Tables 1/6/7) or "compression" (Table 3)
+    layout: str = "modules"  # how the leaderboard renders it: "modules" (Tables 1/6/7), "compression" (Table 3) or
+    #                          "methods-columns" (Table 2: backbones as rows, methods as columns, last module)
     description: str = ""
     overrides: tuple[str, ...] = ()  # the suite's `set`: applied to every row, before the row's own
 
@@ -143,8 +144,9 @@ def summary(bench: Bench, name: str, methods: Callable[[str], int]) -> str:
     n_rows = methods(protocol) if rows == ALL_ROWS else len(rows) if isinstance(rows, list) else 0
     columns, datasets, seeds = len(table.get("backbones", [])), len(table.get("datasets", [])), table.get("seeds", 1)
     what = "rows (every method)" if rows == ALL_ROWS else "rows"
-    return (f"{protocol}, budget {table.get('budget', '?')}: {n_rows} {what} x {columns} column(s) x {datasets} "
-            f"dataset(s) x {seeds} seed(s) = {n_rows * columns * datasets * seeds} runs")
+    about = f"{table['description']}\n" if table.get("description") else ""
+    return (f"{about}{protocol}, budget {table.get('budget', '?')}: {n_rows} {what} x {columns} column(s) x "
+            f"{datasets} dataset(s) x {seeds} seed(s) = {n_rows * columns * datasets * seeds} runs")
 
 
 def load(bench: Bench, name: str) -> Suite:

@@ -61,7 +61,8 @@ def table_text(table: tables.Table | None) -> str:
     """A table, its legend, what it could have detected, and its notes."""
     if table is None:
         return "_No runs with exits._"
-    headers = ([table.group_header] if table.group_header else []) + ["Method"] + [c.header for c in table.columns]
+    headers = ([table.group_header] if table.group_header else []) + [table.row_header]
+    headers += [c.header for c in table.columns]
     headers += list(table.tail_headers)
     body = [([row.group] if table.group_header else []) + [row.label] + [entry_text(e) for e in row.entries]
             + list(row.tail) for row in table.rows]
@@ -102,9 +103,10 @@ def cost_text(cost: tables.CostTable) -> str:
 
 
 def render(records: Iterable[RunRecord], budget: str | None = None, title: str = "discbench leaderboard",
-           order: Iterable[str] = (), across: bool = True, mix: bool = False) -> str:
+           order: Iterable[str] = (), across: bool = True, mix: bool = False, layout: str = "modules") -> str:
     """The markdown leaderboard of ``records`` (only ``budget`` if given; rows in ``order`` first, e.g. a suite's).
-    A table's records must come from one environment, unless ``mix``."""
+    A table's records must come from one environment, unless ``mix``. ``layout`` "methods-columns" shows one network's
+    last module with methods as columns (MUSE Table 2) instead of the per-module and last-module tables."""
     df = fr.frame(records, order, budget)
     parts = [f"# {title}", "",
              "Top-1 accuracy (%) on the test split at the last epoch, mean ± sample std over seeds (n = seeds). "
@@ -115,6 +117,9 @@ def render(records: Iterable[RunRecord], budget: str | None = None, title: str =
                   environments_text(sub, mix, where), ""]
         if sub["partner"].notna().any():
             parts += ["### Network pairs (MUSE Table 7 layout)", "", table_text(tables.pairs(sub)), ""]
+        elif layout == "methods-columns":
+            parts += ["### Last module, methods as columns (MUSE Table 2 layout)", "",
+                      table_text(tables.methods_as_columns(sub)), ""]
         else:
             parts += ["### Per module (MUSE Table 1 layout)", "", table_text(tables.per_module(sub)), "",
                       "### Last module (MUSE Table 6 layout)", "", table_text(tables.last_module(sub)), ""]
@@ -218,7 +223,7 @@ def render_suite(suite: Suite, runs: list[SuiteRun], records: Iterable[RunRecord
                                   title=f"suite `{suite.name}`")
     else:
         text = render(mine, title=f"suite `{suite.name}`", order=[row.label for row in suite.rows], across=across,
-                      mix=mix)
+                      mix=mix, layout=suite.layout)
     if missing:
         text += "\n".join(["", "Runs without a record (not in the tables):", "", *(f"- {m}" for m in missing), ""])
     if paper:

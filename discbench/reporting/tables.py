@@ -143,6 +143,7 @@ class Table:
     tail_headers: tuple[str, ...] = ()
     baseline: str | None = None
     power: Power | None = None
+    row_header: str = "Method"
 
 
 WELCH = ("with its 95 % confidence interval from Welch's t-test (scipy.stats, unequal variances, seeds unpaired) and, "
@@ -268,6 +269,16 @@ def last_module(df: pd.DataFrame) -> Table:
     rows = tuple(Row(label, tuple(grid[label])) for label in labels)
     return Table("last-module", tuple(columns), rows, legend_for(base), tuple(runner_up_notes(samples)),
                  baseline=base, power=power_of([e for r in rows for e in r.entries]))
+
+
+def methods_as_columns(df: pd.DataFrame) -> Table:
+    """MUSE Table 2 layout: the last-module table (``last_module``) turned: backbones as rows, methods as columns,
+    the same entries (each Δ against the baseline of its backbone, bold the best of its backbone)."""
+    table = last_module(df)
+    columns = tuple(Column(f"{row.label} ↑") for row in table.rows)
+    rows = tuple(Row(col.backbone or col.header, tuple(row.entries[j] for row in table.rows))
+                 for j, col in enumerate(table.columns))
+    return dataclasses.replace(table, layout="methods-columns", columns=columns, rows=rows, row_header="Backbone")
 
 
 def pair_columns(df: pd.DataFrame) -> list[Column]:
