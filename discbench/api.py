@@ -271,7 +271,9 @@ class Protocol(nn.Module):
 
     def views(self, data: Any, batch: Any, generator: torch.Generator) -> dict[str, Tensor]:
         """Extra inputs of the step on ``batch`` (``discbench.data.Batch``) drawn from the training ``data`` with
-        ``generator`` (the run's data stream, so that a resumed run draws the same); default: none."""
+        ``generator`` (the run's data stream, so that a resumed run draws the same); default: none. Under torchrun
+        each rank draws for its own slice of the global batch with its own copy of the stream: the draws stay in
+        step across ranks, but differ from a one-process run's (which a one-process run's records say)."""
         return {}
 
     @classmethod

@@ -148,7 +148,7 @@ def test_the_papers_cells_name_rows_and_backbones_of_their_suites():
     from discbench.reporting.reference import load
 
     bench, reference = Bench.load(None), load()
-    assert set(reference) == {"table1", "table5", "table6"}
+    assert set(reference) == {"table1", "table2", "table5", "table6"}
     for name, (_, cells) in reference.items():
         suite = suite_defs.load(bench, name)
         labels = {row.label for row in suite.rows}
@@ -175,3 +175,35 @@ def test_a_suite_of_the_paper_shows_the_papers_cells_beside_its_records():
     assert "| MI+SI | resnet18 | 2 | 70.00 ± 0.10 | 70.25 ± 0.35 (n=2) | +0.25 |" in text
     assert "| VID | resnet18 | 4 | 76.97 ± 0.54 | — | — |" in text
     assert section("demo", recs, reference) == ""
+
+
+def test_methods_as_columns_turns_the_last_module_table_and_joins_the_family_into_one_table():
+    """MUSE Table 2's layout: one row per backbone, one column per method, the last-module entries (Δ against the
+    baseline of the backbone); a CS-KD run (protocol cs_kd, family self) sits in the self table, not its own; ONE's
+    extra classifiers (last = False) are recorded but no network of the table."""
+    recs = []
+    for backbone, shift in (("resnet18", 0.0), ("densenet121", 1.0)):
+        recs += [record("Baseline", s, {4: 70.0 + shift + s}, loss="", backbone=backbone, hash_=f"a{backbone}"[:16])
+                 for s in range(3)]
+        recs += [record("MI+SI", s, {1: 50.0, 4: 73.0 + shift + s}, loss="mi_plus_si", backbone=backbone,
+                        hash_=f"b{backbone}"[:16]) for s in range(3)]
+        one = [record("ONE", s, {4: 72.0 + shift + s}, loss="", backbone=backbone, hash_=f"c{backbone}"[:16],
+                      protocol="one", baseline=False) for s in range(3)]
+        recs += [dataclasses.replace(r, classifiers=(*r.classifiers, Classifier("ensemble", backbone, 4, False)),
+                                     final_top1={**r.final_top1, "ensemble/exit4": 99.0}) for r in one]
+    text = render(recs, order=["Baseline", "ONE", "MI+SI"], layout="methods-columns")
+    assert "protocol `self`" in text and "protocol `one`" not in text  # one table for the family
+    table = text.split("(MUSE Table 2 layout)")[1].split("Power:")[0]
+    header = next(line for line in table.splitlines() if line.startswith("| Backbone"))
+    assert [h.strip() for h in header.strip("|").split("|")] == ["Backbone", "Baseline ↑", "ONE ↑", "MI+SI ↑"]
+    row = _row_cells(table, "densenet121")
+    assert row[1] == "72.00 ± 1.00 (n=3)" and row[2].startswith("74.00 ± 1.00 (n=3) · Δ +2.00")
+    assert row[3].startswith("**75.00 ± 1.00 (n=3)** · Δ +3.00") and "99.00" not in text
+
+
+def _row_cells(table: str, first: str) -> list[str]:
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == first:
+            return cells
+    raise AssertionError(first)

@@ -7,6 +7,7 @@ import pytest
 
 from discbench import suites
 from discbench.config import Bench
+from discbench.errors import DiscbenchError
 from discbench.protocols.self_distillation import SelfDistillation
 from tests.conftest import REPO
 
@@ -137,17 +138,24 @@ def test_table7_rows_columns_and_weights(name, labels, pairs):
 
 def test_zoo_smoke_suites_hold_every_loss_once_per_protocol_that_defines_it(bench):
     """`zoo-smoke`, `zoo-smoke-online` and `zoo-smoke-offline` run every registered loss (built-in) under each
-    protocol it supports, and each protocol's baselines: adding a loss without adding it there fails here."""
-    from discbench.registry import LOSSES
+    protocol it supports, each protocol's baselines, and the methods of the protocols of its family (CS-KD, ONE,
+    DDGSD and FRSKD in the self tables), each under its own protocol: adding a method without it joining fails here."""
+    from discbench.registry import LOSSES, PROTOCOLS
 
     for name, protocol in (("zoo-smoke", "self"), ("zoo-smoke-online", "online"), ("zoo-smoke-offline", "offline")):
         suite = suites.load(bench, name)
         assert suite.protocol == protocol and suite.seeds == 1
-        rows = [row.loss for row in suite.rows]
+        rows = [(row.loss, suite.protocol_of(row)) for row in suite.rows]
         assert len(rows) == len(set(rows))
-        expected = {loss for loss in LOSSES.names() if protocol in (LOSSES.get(loss).protocols or (protocol,))}
-        expected |= {m for m in bench.method_names() if protocol in bench.method(m).protocols}
+        family = [p for p in PROTOCOLS.names() if PROTOCOLS.get(p).table_protocol() == protocol]
+        expected = {(loss, protocol) for loss in LOSSES.names()
+                    if protocol in (LOSSES.get(loss).protocols or (protocol,))}
+        expected |= {(m, p) for m in bench.method_names() for p in family if p in bench.method(m).protocols}
         assert set(rows) == expected, name
+    assert {p for _, p in rows} == {"offline"}
+    self_rows = {(row.loss, suites.load(bench, "zoo-smoke").protocol_of(row))
+                 for row in suites.load(bench, "zoo-smoke").rows}
+    assert {("cs_kd", "cs_kd"), ("one", "one"), ("ddgsd", "ddgsd"), ("frskd", "frskd"), ("l2", "self")} <= self_rows
 
 
 def test_the_command_line_and_every_suite_resolve_a_method_to_the_same_hash(bench):
@@ -165,13 +173,16 @@ def test_the_command_line_and_every_suite_resolve_a_method_to_the_same_hash(benc
             cfg = run.cfg
             row = next(r for r in suite.rows if r.label == cfg.label)
             partner = {"peer": None, "teacher": None}
-            key = PROTOCOLS.get(suite.protocol).partner
+            protocol = suite.protocol_of(row)
+            key = PROTOCOLS.get(protocol).partner
             if key:
                 partner[key] = getattr(cfg.protocol, key)
-            cli = bench.resolve(row.loss, cfg.backbone, cfg.dataset.name, cfg.budget, suite.protocol,
+            if not row.protocol:  # `run` without --protocol picks the method's own protocol (cs_kd for cs_kd)
+                assert bench.home_protocol(row.loss) == protocol or protocol != "self", (name, row.label)
+            cli = bench.resolve(row.loss, cfg.backbone, cfg.dataset.name, cfg.budget, protocol,
                                 (*suite.overrides, *row.overrides), None, partner=partner)
             assert cli.hash == cfg.hash and cli.request_hash == cfg.request_hash, (name, row.label, cfg.backbone)
-            covered.add((row.loss, suite.protocol))
+            covered.add((row.loss, protocol))
     every = {(m, p) for m in bench.method_names() for p in bench.method(m).protocols}
     assert {(m, p) for m in LOSSES.names() for p in bench.method(m).protocols} <= every
     assert every <= covered  # the zoo suites name every one of them
@@ -184,10 +195,43 @@ def test_list_suites_gives_each_suites_size_as_its_runs_count_it(capsys, monkeyp
 
     status, out, _ = discbench(capsys, monkeypatch, "list", "suites")
     assert status == 0
-    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
-    for name in ("demo", "signal-offline", "zoo-smoke", "zoo-smoke-online", "zoo-smoke-offline", "table7a"):
+    lines, described = {}, {}
+    for line in out.splitlines()[1:]:  # each suite: "name  description", then its size on an indented line
+        if not line.startswith(" "):
+            name = line.split()[0]
+            described[name] = line.split(None, 1)[1]
+        else:
+            lines[name] = line.strip()
+    assert set(lines) == set(BENCH.names("suites"))
+    for name in ("demo", "signal-offline", "zoo-smoke", "zoo-smoke-online", "zoo-smoke-offline", "table7a", "table2"):
         suite = suites.load(BENCH, name)
         n = sum(len(r.seeds) for r in suites.runs(BENCH, suite))
         assert lines[name].endswith(f"= {n} runs"), lines[name]
+        assert described[name] == suite.description
     assert "offline, budget signal: 5 rows x 1 column(s) x 1 dataset(s) x 5 seed(s) = 25 runs" in \
         lines["signal-offline"]
+
+
+def test_table2_sets_the_self_distillation_methods_beside_muse_each_under_its_own_protocol(bench):
+    """MUSE Table 2's columns, in its order, each method under the protocol that defines it, all in one self table
+    (methods as columns), the `paper` recipe for every column; the smoke variant keeps the rows."""
+    suite = suites.load(bench, "table2")
+    assert [r.label for r in suite.rows] == ["Baseline", "CS-KD", "ONE", "DDGSD", "BYOT", "FRSKD", "MI+SI", "MI×SI"]
+    assert [suite.protocol_of(r) for r in suite.rows] == ["self", "cs_kd", "one", "ddgsd", "self", "frskd", "self",
+                                                           "self"]
+    assert suite.layout == "methods-columns" and suite.backbones == ("resnet18", "densenet121") and suite.seeds == 3
+    cfgs = suites.configs(bench, suite)
+    assert {c.recipe for c in cfgs} == {cfgs[0].recipe}  # only the method changes
+    smoke = suites.load(bench, "table2-smoke")
+    assert [(r.label, smoke.protocol_of(r)) for r in smoke.rows] == [(r.label, suite.protocol_of(r))
+                                                                     for r in suite.rows]
+
+
+def test_a_row_under_a_protocol_of_another_family_is_refused(bench, tmp_path):
+    project = tmp_path / "bench.toml"
+    project.write_text('[suites.mixed]\nprotocol = "online"\ndatasets = ["fashion-mnist"]\nbackbones = ["tinynet"]\n'
+                       'partners = ["tinynet"]\nseeds = 1\nbudget = "zoo"\n'
+                       'rows = [{ loss = "cs_kd", protocol = "cs_kd" }]\n')
+    with pytest.raises(DiscbenchError, match="protocol 'cs_kd' does not join the 'online' tables; protocols that do: "
+                                             "online"):
+        suites.load(Bench.load(project), "mixed")

@@ -163,7 +163,7 @@ def test_validate_backbone_cli(capsys, monkeypatch):
                                      "'tv:resnet18x'); did you mean 'resnet18'"),
     (["--backbone", "tv:vit_b_16", "--dataset", "imagenet"], "error: backbone 'tv:vit_b_16' has no usable stages"),
     (["--backbone", "smallnet", "--dataset", "cifar1000"], "error: unknown dataset 'cifar1000'"),
-    ([], "give exactly one of --loss NAME and --backbone NAME"),
+    ([], "give exactly one of --loss NAME, --backbone NAME and --protocol NAME"),
 ])
 def test_validate_backbone_bad_input_is_one_line_exit_2(capsys, monkeypatch, args, message):
     status, out, err = discbench(capsys, monkeypatch, "validate", *args)

@@ -25,7 +25,7 @@ COLUMNS = [  # key, header, numeric
     ("suite", "Suite", False), ("dataset", "Dataset", False), ("budget", "Budget", False),
     ("protocol", "Protocol", False), ("backbone", "Backbone", False), ("method", "Method", False),
     ("top1", "Top-1 (%) ↑", True), ("delta", "Δ vs baseline (95 % CI)", True), ("n", "n", True),
-    ("step_ms", "Step (ms) ↓", True), ("loss_params", "Loss params ↓", True), ("peak", "Peak memory ↓", True),
+    ("step_ms", "Step (ms) ↓", True), ("loss_params", "Extra params ↓", True), ("peak", "Peak memory ↓", True),
     ("device", "Device", False), ("records", "Run records", False),
 ]
 

@@ -47,10 +47,11 @@ def power_text(power: tables.Power | None) -> str:
     """What the table could have detected (a line under it)."""
     if power is None:
         return "Power: no row has two seeds, so no seed spread and no detectable difference."
-    text = (f"Power: seed σ pooled over the cells {power.sigma:.2f} pp ({power.dof} degrees of freedom); at n = "
-            f"{power.n} seeds per row a difference of {power.detectable:.2f} pp is detected with 80 % power "
-            f"(two-sided 5 %, statsmodels TTestIndPower); a 0.5 pp difference needs {power.seeds_for_half:.0f} seeds "
-            f"per row.")
+    at_n = (f"at n = {power.n} seeds per row a difference of {power.detectable:.2f} pp is detected with 80 % power "
+            f"(two-sided 5 %, statsmodels TTestIndPower)" if power.detectable == power.detectable  # not NaN
+            else f"at n = {power.n} seed per row no difference can be tested")
+    text = (f"Power: seed σ pooled over the cells {power.sigma:.2f} pp ({power.dof} degrees of freedom); {at_n}; a "
+            f"0.5 pp difference needs {power.seeds_for_half:.0f} seeds per row.")
     if power.delta_cells:
         text += (f" Paired intervals: {power.paired_cells} of {power.delta_cells} Δ cells" +
                  (f", on average {power.narrower:.1f}× narrower than Welch's." if power.paired_cells else "."))
@@ -83,7 +84,9 @@ def environments_text(df: pd.DataFrame, mix: bool, where: str) -> str:
             + "; ".join(f"[{i}] {e}" for i, e in enumerate(envs, 1)) + ".")
 
 
-COST_LEGEND = ("Step: training step time (train seconds / steps, evaluation excluded), mean over seeds; relative to "
+COST_LEGEND = ("Extra params: parameters trained beside the network(s) a row reports, exits aside: the loss's "
+               "heads, ONE's other branches and gate, FRSKD's self-teacher. Step: training step time (train "
+               "seconds / steps, evaluation excluded), mean over seeds; relative to "
                "the baseline row of the same backbone measured on the same device, never across devices. Peak "
                "memory: the largest over seeds; on CPU it is the process's peak resident memory (it includes the "
                "dataset and earlier runs of the same command). Devices:")
@@ -94,7 +97,7 @@ def cost_text(cost: tables.CostTable) -> str:
     backbone (and partner) x method x device; the devices listed under the table."""
     rows = [{
         "Backbone": r.backbone if r.partner is None else f"{r.backbone} ({r.partner})", "Method": r.label,
-        "Loss params ↓": f"{r.loss_params:,}", "Step (ms) ↓": f"{r.step_ms:.1f}",
+        "Extra params ↓": f"{r.loss_params:,}", "Step (ms) ↓": f"{r.step_ms:.1f}",
         "Step vs baseline ↓": f"×{r.relative:.2f}" if r.relative is not None else "— (no baseline on this device)",
         "Peak memory ↓": r.peak_text(), "Device": f"[{cost.devices.index(r.device) + 1}]", "n": r.n,
     } for r in cost.rows]
