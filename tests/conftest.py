@@ -15,6 +15,16 @@ REPO = Path(__file__).resolve().parents[1]
 collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["triton"]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
+# The tests train on tiny tensors, where torch's intra-op threads mostly spin: on this 2-core machine, busy with other
+# processes, two CLI runs of 4 steps took 50 s on torch's default two threads and 7 s on one (tests/test_cli.py), and a
+# selection of in-process tests 364 s against 109 s. One thread in this process (set again before every test: a test
+# may change it) and, unless the caller chose otherwise, in the subprocesses the tests start, as most of them already
+# ask (OMP_NUM_THREADS=1). No test depends on the thread count: the records compared with each other come from
+# runs with the same setting, golden values and reference steps are compared with tolerances.
+THREADS = 1
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+torch.set_num_threads(THREADS)
+
 requires_fashion_mnist = pytest.mark.skipif(
     not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
     reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)",
@@ -33,4 +43,5 @@ def bench() -> Bench:
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
+    torch.set_num_threads(THREADS)
     yield

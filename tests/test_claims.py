@@ -16,6 +16,7 @@ import pytest
 from discbench import claims
 from discbench.errors import DiscbenchError
 from tests.conftest import REPO, requires_fashion_mnist
+from tests.test_cli import discbench
 
 TINY_SUITE = """
 [recipes.tiny]   # test-only: one epoch of 4 steps
@@ -132,7 +133,7 @@ def test_unwritable_results_directory_is_one_line_before_training(tmp_path):
 # -- end to end ------------------------------------------------------------------------------------------------------
 @requires_fashion_mnist
 @pytest.mark.slow
-def test_four_concurrent_sweeps_train_every_seed_exactly_once(tmp_path, tiny_bench):
+def test_four_concurrent_sweeps_train_every_seed_exactly_once(tmp_path, tiny_bench, capsys, monkeypatch):
     results = tmp_path / "runs"
     procs = [cli("sweep", "--suite", "tiny", "--config", str(tiny_bench), "--results-dir", str(results), "--quiet")
              for _ in range(4)]
@@ -146,45 +147,48 @@ def test_four_concurrent_sweeps_train_every_seed_exactly_once(tmp_path, tiny_ben
     assert seen == {(label, seed) for label in ("Baseline", "L2") for seed in range(3)}
     assert not list(results.rglob("*.claim")) and not list(results.rglob("*.ckpt"))
 
-    status = subprocess.run([sys.executable, "-m", "discbench", "status", "--suite", "tiny", "--config",
-                             str(tiny_bench), "--results-dir", str(results)], cwd=REPO, capture_output=True,
-                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
-    assert status.returncode == 0, status.stderr
-    assert status.stdout.splitlines()[-1] == "tiny: 6 done, 0 running, 0 failed, 0 pending of 6"
+    # status reads files only: the same entry point in this process (no interpreter start, no torch import)
+    code, out, err = discbench(capsys, monkeypatch, "status", "--suite", "tiny", "--config", str(tiny_bench),
+                               "--results-dir", str(results))
+    assert code == 0, err
+    assert out.splitlines()[-1] == "tiny: 6 done, 0 running, 0 failed, 0 pending of 6"
 
 
 @requires_fashion_mnist
 @pytest.mark.slow
-def test_failed_seed_leaves_a_reason_that_status_shows_and_the_next_sweep_retries(tmp_path, tiny_bench):
+def test_failed_seed_leaves_a_reason_that_status_shows_and_the_next_sweep_retries(tmp_path, tiny_bench, capsys,
+                                                                                  monkeypatch):
+    # Every command runs in this process through the console entry point (tests/test_cli.py's discbench): one
+    # sweep at a time, so nothing here needs a process of its own, and each command saves an interpreter start and
+    # torch's import. The claims the test writes name another host, as a process elsewhere would.
     results = tmp_path / "runs"
     args = ("--config", str(tiny_bench), "--results-dir", str(results))
-    proc = cli("sweep", "--suite", "tiny-nan", "--quiet", *args)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 2 and err.splitlines()[-1].startswith("error: 1 seed(s) failed; 'discbench status")
+
+    def cli_here(*argv: str) -> tuple[int, str, str]:
+        return discbench(capsys, monkeypatch, *argv)
+
+    code, _, err = cli_here("sweep", "--suite", "tiny-nan", "--quiet", *args)
+    assert code == 2 and err.splitlines()[-1].startswith("error: 1 seed(s) failed; 'discbench status")
     (failure,) = results.rglob("*.failed")
     assert "non-finite loss" in json.loads(failure.read_text())["reason"]
     assert not list(results.rglob("*.json")) and not list(results.rglob("*.claim"))
 
-    proc = cli("status", "--suite", "tiny-nan", *args)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0
+    code, out, _ = cli_here("status", "--suite", "tiny-nan", *args)
+    assert code == 0
     assert out.splitlines()[0].startswith("failed   CE lr 1e30 | tinynet | fashion-mnist | seed 0: non-finite loss")
 
     # a claim held by a live process elsewhere: status says where, a sweep skips it and says where it runs
     write_claim(failure.with_suffix(".claim"), host="node-3", pid=4242, job="777_1")
-    proc = cli("status", "--suite", "tiny-nan", *args)
-    out, _ = proc.communicate(timeout=300)
+    _, out, _ = cli_here("status", "--suite", "tiny-nan", *args)
     assert out.splitlines()[0].startswith("running  CE lr 1e30 | tinynet | fashion-mnist | seed 0: on node-3 pid "
                                           "4242 (job 777_1), since")
-    proc = cli("sweep", "--suite", "tiny-nan", "--quiet", *args)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0 and "seed 0: running on node-3 pid 4242 (job 777_1)" in err
+    code, _, err = cli_here("sweep", "--suite", "tiny-nan", "--quiet", *args)
+    assert code == 0 and "seed 0: running on node-3 pid 4242 (job 777_1)" in err
 
     # that host died: the next sweep takes the seed over and retries it (and it fails again, for the same reason)
     write_claim(failure.with_suffix(".claim"), host="node-3", pid=4242, heartbeat=time.time() - 3600)
-    proc = cli("sweep", "--suite", "tiny-nan", "--quiet", *args)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 2 and "taking over the claim" in err and "failed CE lr 1e30" in err
+    code, _, err = cli_here("sweep", "--suite", "tiny-nan", "--quiet", *args)
+    assert code == 2 and "taking over the claim" in err and "failed CE lr 1e30" in err
 
 
 @pytest.mark.parametrize("garbage", [

@@ -167,7 +167,7 @@ rows = [{{ loss = "none", label = "Baseline", set = {tiny_sets} }},
                                  "--results-dir", str(res), "--quiet")
     assert status == 0, err
     assert sum(line.startswith("skip ") for line in err.splitlines()) == 1 and len(records(res)) == 4
-    assert "# suite `tiny`" in out and "| MI + CE + KD |" in out and "other" not in out
+    assert "# suite `tiny`" in out and "| MI + CE + KD |" in out and "| other" not in out
     assert "Baseline ↑" in out and out.count("(n=2)") >= 5
     lb = tmp_path / "LB.md"
     status, again, _ = discbench(capsys, monkeypatch, "leaderboard", "--suite", "tiny", "--config", str(config),

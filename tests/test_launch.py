@@ -21,6 +21,7 @@ from discbench.launch import make_executor, slurm_minutes, slurm_parameters  # n
 from discbench.runner import RunOptions, SeedJob, WorkspaceSpec  # noqa: E402
 from tests.conftest import REPO, requires_fashion_mnist  # noqa: E402
 from tests.test_claims import TINY_SUITE, tiny_bench  # noqa: E402, F401  (the fixture)
+from tests.test_cli import discbench  # noqa: E402
 
 
 def run(*args, env=None):
@@ -31,11 +32,14 @@ def run(*args, env=None):
 
 @requires_fashion_mnist
 @pytest.mark.slow
-def test_local_launcher_sweep_completes_and_status_reports_it(tmp_path, tiny_bench):  # noqa: F811
+def test_local_launcher_sweep_completes_and_status_reports_it(tmp_path, tiny_bench, capsys,  # noqa: F811
+                                                              monkeypatch):
     results = tmp_path / "runs"
     common = ("--suite", "tiny", "--seeds", "1", "--config", str(tiny_bench), "--results-dir", str(results))
-    before = run("status", *common)
-    assert before.stdout.splitlines()[-1] == "tiny: 0 done, 0 running, 0 failed, 2 pending of 2"
+    # status reads files only: it runs in this process (the console entry point, no interpreter start); the sweep
+    # and its submitit jobs are processes of their own
+    _, before, _ = discbench(capsys, monkeypatch, "status", *common)
+    assert before.splitlines()[-1] == "tiny: 0 done, 0 running, 0 failed, 2 pending of 2"
     proc = run("sweep", *common, "--launcher", "local", "--workers", "2", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "| L2 " in proc.stdout  # the suite's tables, rendered from the jobs' records
@@ -43,9 +47,9 @@ def test_local_launcher_sweep_completes_and_status_reports_it(tmp_path, tiny_ben
     assert {json.loads(p.read_text())["label"] for p in records} == {"Baseline", "L2"}
     logs = sorted((results / ".jobs").glob("*_0_log.err"))
     assert len(logs) == 2  # one submitit job (process) per (configuration, seed)
-    after = run("status", *common)
-    assert after.returncode == 0
-    assert after.stdout.splitlines()[-1] == "tiny: 2 done, 0 running, 0 failed, 0 pending of 2"
+    code, after, err = discbench(capsys, monkeypatch, "status", *common)
+    assert code == 0, err
+    assert after.splitlines()[-1] == "tiny: 2 done, 0 running, 0 failed, 0 pending of 2"
 
 
 @requires_fashion_mnist
@@ -79,12 +83,13 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(tmp_path, tiny_bench
     assert not list(results.rglob("*.ckpt")) and not list(results.rglob("*.claim"))
 
 
-def test_slurm_without_slurm_is_one_line(tmp_path, tiny_bench):  # noqa: F811
-    proc = run("sweep", "--suite", "tiny", "--config", str(tiny_bench), "--results-dir", str(tmp_path / "r"),
-               "--launcher", "slurm", "--partition", "gpu", env={"PATH": os.path.dirname(sys.executable)})
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: --launcher slurm: no Slurm here (sbatch is not on PATH); run "
-                                                "on a Slurm login node, or use --launcher local"]
+def test_slurm_without_slurm_is_one_line(tmp_path, tiny_bench, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable))  # no sbatch; in this process: no interpreter start
+    code, _, err = discbench(capsys, monkeypatch, "sweep", "--suite", "tiny", "--config", str(tiny_bench),
+                             "--results-dir", str(tmp_path / "r"), "--launcher", "slurm", "--partition", "gpu")
+    assert code == 2
+    assert err.strip().splitlines() == ["error: --launcher slurm: no Slurm here (sbatch is not on PATH); run "
+                                        "on a Slurm login node, or use --launcher local"]
     assert not (tmp_path / "r").exists()
 
 

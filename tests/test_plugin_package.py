@@ -52,9 +52,21 @@ def test_cosine_hint_closed_forms():
     assert cosine_hint(a, b, ctx).loss.item() == pytest.approx(1.0, abs=1e-6)
 
 
-def cli(env, *args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "discbench.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+def start(cmd, env, cwd=REPO) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def start_cli(env, *args, cwd=REPO) -> subprocess.Popen:
+    return start([sys.executable, "-m", "discbench.cli", *args], env, cwd=cwd)
 
 
 @requires_fashion_mnist
@@ -69,25 +81,35 @@ def test_plugin_from_another_package(tmp_path):
     assert pip.returncode == 0, pip.stderr
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
 
-    listed = cli(env, "list", "losses")
+    # The four commands below only read the installed package (the run writes into its own results directory): they
+    # are independent, so they start together and are checked one after the other (each is a process that spends
+    # most of its time importing torch, single-threaded).
+    results = tmp_path / "runs"
+    overrides = [a for o in TINY for a in ("--set", o)]
+    procs = {
+        "list": start_cli(env, "list", "losses"),
+        "validate": start_cli(env, "validate", "--loss", NAME),
+        # the package's own tests, as its CI (ci.sh) runs them
+        "own": start([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], env, cwd=source),
+        "run": start_cli(env, "run", "--loss", NAME, "--backbone", "smallnet", "--dataset", "fashion-mnist",
+                         "--seeds", "1", "--results-dir", str(results), "--quiet", *overrides),
+    }
+    done = {key: finish(proc) for key, proc in procs.items()}
+
+    listed = done["list"]
     assert listed.returncode == 0, listed.stderr
     line = next(line for line in listed.stdout.splitlines() if line.startswith(NAME + " "))
     assert "entry point 'discbench_plugin_example.cosine:CosineHint' of package discbench-plugin-example" in line
     assert "hyper-parameters eps=1e-08" in line
 
-    validated = cli(env, "validate", "--loss", NAME)
+    validated = done["validate"]
     assert validated.returncode == 0, validated.stdout + validated.stderr
     assert validated.stdout.strip().splitlines()[-1] == f"{NAME}: 9/9 checks passed"
 
-    # the package's own tests, as its CI (ci.sh) runs them
-    own = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=source,
-                         env=env, capture_output=True, text=True, timeout=300)
+    own = done["own"]
     assert own.returncode == 0, own.stdout + own.stderr
 
-    results = tmp_path / "runs"
-    overrides = [a for o in TINY for a in ("--set", o)]
-    ran = cli(env, "run", "--loss", NAME, "--backbone", "smallnet", "--dataset", "fashion-mnist", "--seeds", "1",
-              "--results-dir", str(results), "--quiet", *overrides)
+    ran = done["run"]
     assert ran.returncode == 0, ran.stderr
     (path,) = sorted(results.rglob("*.json"))
     record = json.loads(path.read_text())
