@@ -11,11 +11,16 @@ its weights, and no teacher store is needed.
 
     python benchmarks/bench_protocols.py                                    # smallnet, Fashion-MNIST shape, batch 32
     python benchmarks/bench_protocols.py --backbone resnet20 --teacher resnet56 --dataset cifar100 --batch 64
+    python benchmarks/bench_protocols.py --suite table2-smoke --threads 1   # a suite's rows (reference: its first)
+
+A protocol that draws extra views (``Protocol.views``: CS-KD's partners, DDGSD's second distortion) draws them in
+every timed step from a synthetic in-memory dataset of the same shape, as a run draws them from its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -25,9 +30,12 @@ from pathlib import Path
 
 import torch
 
+from discbench import suites
 from discbench.api import LossContext
 from discbench.config import Bench
+from discbench.data import Batch
 from discbench.errors import DiscbenchError
+from discbench.protocol_check import synthetic_data
 from discbench.protocols.base import build_backbone
 from discbench.registry import PROTOCOLS
 
@@ -60,6 +68,8 @@ def stepper(system: torch.nn.Module, cfg, batch: int, impl: str = "torch", timin
     y = torch.randint(0, ds.num_classes, (batch,), generator=gen)
     ctx = LossContext(step=0, epoch=0, protocol=cfg.protocol_name, labels=y, indices=torch.arange(batch),
                       dataset_size=batch, num_classes=ds.num_classes, critic_impl=impl)
+    data = synthetic_data(cfg) if system.draws_views() else None
+    drawn = Batch(x, y, torch.arange(batch) % (data.num_train if data is not None else batch))
     params = [p for p in system.parameters() if p.requires_grad]
     r = cfg.recipe
     optimizer = torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
@@ -67,7 +77,8 @@ def stepper(system: torch.nn.Module, cfg, batch: int, impl: str = "torch", timin
 
     def step() -> None:
         t0 = time.perf_counter()
-        out = system(x, y, ctx)
+        views = system.views(data, drawn, gen) if data is not None else {}
+        out = system(x, y, dataclasses.replace(ctx, views=views) if views else ctx)
         t1 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()
@@ -106,31 +117,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and machine information here")
+    parser.add_argument("--suite", default=None, help="time this suite's rows on --backbone (default: its first "
+                                                      "backbone) instead of the three protocols")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         bench = Bench.load()
+        rows = ROWS
+        if args.suite:
+            suite = suites.load(bench, args.suite)
+            rows = tuple((r.label, r.loss, suite.protocol_of(r)) for r in suite.rows)
+            if args.backbone == parser.get_default("backbone"):
+                args.backbone = suite.backbones[0]
         torch.manual_seed(0)
-        built = [(name, *build(bench, loss, protocol, args)) for name, loss, protocol in ROWS]
+        built = [(name, *build(bench, loss, protocol, args)) for name, loss, protocol in rows]
     except DiscbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     steps = {name: stepper(system, cfg, args.batch) for name, system, cfg in built}
     times = round_robin(steps, args.warmup, args.repeats)
-    reference = statistics.median(times[ROWS[0][0]])
-    rows = [{"row": name, "networks": f"{cfg.backbone}" + (f" + {getattr(cfg.protocol, 'peer', '') or ''}"
-                                                              f"{getattr(cfg.protocol, 'teacher', '') or ''}"
-                                                              if cfg.protocol_name != "self" else " (exits)"),
-             "ms_per_step": 1000 * statistics.median(times[name]),
+    reference = statistics.median(times[rows[0][0]])
+    def networks(cfg) -> str:
+        key = PROTOCOLS.get(cfg.protocol_name).partner
+        return cfg.backbone + (f" + {getattr(cfg.protocol, key)}" if key else f" ({cfg.protocol_name})")
+
+    table = [{"row": name, "networks": networks(cfg), "ms_per_step": 1000 * statistics.median(times[name]),
              "ratio": statistics.median(times[name]) / reference}
             for name, _, cfg in built]
-    print(f"| row | networks | ms/step (median of {args.repeats}) | × self ce_kd |")
+    print(f"| row | networks | ms/step (median of {args.repeats}) | × {rows[0][0]} |")
     print("|---|---|---|---|")
-    for r in rows:
+    for r in table:
         print(f"| {r['row']} | {r['networks']} | {r['ms_per_step']:.1f} | {r['ratio']:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "args": {k: str(v) for k, v in vars(args).items()},
+        args.json.write_text(json.dumps({"rows": table, "args": {k: str(v) for k, v in vars(args).items()},
                                          "machine": {"platform": platform.platform(), "torch": torch.__version__,
                                                      "threads": torch.get_num_threads()}}, indent=1) + "\n")
     return 0
