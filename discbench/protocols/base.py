@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from discbench import seeding
-from discbench.api import Backbone, Classifier, Discrepancy, FeatureSpec, LossContext, Tap
+from discbench.api import Backbone, Classifier, Discrepancy, FeatureSpec, LossContext, Tap, count_parameters
 from discbench.errors import DiscbenchError
 from discbench.keys import Term
 from discbench.registry import BACKBONES, LOSSES
@@ -136,6 +136,19 @@ def classifier_costs(net: Backbone, heads: dict[int, nn.Module], classifiers: li
     for head in heads.values():
         head.train(was_training)
     return out
+
+
+def deployed_network_cost(net: Backbone, classifier: Classifier, image_shape: tuple[int, ...],
+                          extra_params: int = 0) -> dict:
+    """The cost of a protocol that deploys one network without exits (``classifier``, its final classifier):
+    its parameters and FLOPs, and ``extra_params``, what the method trains beside it and never deploys (ONE's
+    other branches and gate, FRSKD's self-teacher), counted as ``loss_params``."""
+    return {
+        "backbone_params": count_parameters(net),
+        "exit_params": 0,
+        "loss_params": extra_params,
+        "per_exit": classifier_costs(net, {classifier.exit: net.head}, [classifier], image_shape),
+    }
 
 
 def network_classifier(net: Backbone, network: str, backbone: str) -> Classifier:

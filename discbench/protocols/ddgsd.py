@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from discbench.api import Backbone, Classifier, LossContext, Protocol, StepOutput, count_parameters
+from discbench.api import Backbone, Classifier, LossContext, Protocol, StepOutput
 from discbench.config import ProtocolConfig
 from discbench.errors import DiscbenchError
 from discbench.functional import at_least_fp32, kd_divergence
 from discbench.keys import Term
-from discbench.protocols.base import build_backbone, classifier_costs, network_classifier
+from discbench.protocols.base import build_backbone, deployed_network_cost, network_classifier
 from discbench.ranges import within
 from discbench.registry import PROTOCOLS
 
@@ -215,9 +215,4 @@ class Ddgsd(Protocol):
     def cost(self, image_shape: tuple[int, ...]) -> dict:
         """The network's inference path only: the second view is a training cost (the step forwards and back-propagates
         2B images instead of B), not a parameter or an inference FLOP."""
-        return {
-            "backbone_params": count_parameters(self.net),
-            "exit_params": 0,
-            "loss_params": 0,
-            "per_exit": classifier_costs(self.net, {self.num_modules: self.net.head}, self.classifiers(), image_shape),
-        }
+        return deployed_network_cost(self.net, self.classifiers()[0], image_shape)

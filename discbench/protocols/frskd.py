@@ -25,7 +25,7 @@ from discbench.config import ProtocolConfig
 from discbench.errors import DiscbenchError
 from discbench.functional import at_least_fp32, kd_divergence
 from discbench.keys import Term
-from discbench.protocols.base import build_backbone, classifier_costs, network_classifier
+from discbench.protocols.base import build_backbone, deployed_network_cost, network_classifier
 from discbench.ranges import within
 from discbench.registry import PROTOCOLS
 
@@ -296,10 +296,4 @@ class Frskd(Protocol):
     def cost(self, image_shape: tuple[int, ...]) -> dict:
         """Parameters and FLOPs of the deployed classifier (the backbone); the self-teacher's parameters are
         ``loss_params``: trained beside the network, never deployed."""
-        reported = self.classifiers()[0]
-        return {
-            "backbone_params": count_parameters(self.net),
-            "exit_params": 0,
-            "loss_params": count_parameters(self.self_teacher),
-            "per_exit": classifier_costs(self.net, {reported.exit: self.net.head}, [reported], image_shape),
-        }
+        return deployed_network_cost(self.net, self.classifiers()[0], image_shape, count_parameters(self.self_teacher))

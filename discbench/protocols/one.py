@@ -17,7 +17,7 @@ from discbench.config import ProtocolConfig
 from discbench.errors import DiscbenchError
 from discbench.functional import at_least_fp32, kd_divergence
 from discbench.keys import Term
-from discbench.protocols.base import build_backbone, classifier_costs
+from discbench.protocols.base import build_backbone, deployed_network_cost
 from discbench.ranges import within
 from discbench.registry import PROTOCOLS
 
@@ -213,10 +213,5 @@ class OnTheFlyNativeEnsemble(Protocol):
     def cost(self, image_shape: tuple[int, ...]) -> dict:
         """The deployed network is branch 1 alone (the run's backbone); the other branches and the gate are
         training-time parameters (``loss_params``)."""
-        reported = [c for c in self.classifiers() if c.last]
-        return {
-            "backbone_params": count_parameters(self.net),
-            "exit_params": 0,
-            "loss_params": count_parameters(self.branches) + count_parameters(self.gate),
-            "per_exit": classifier_costs(self.net, {self.num_modules: self.net.head}, reported, image_shape),
-        }
+        return deployed_network_cost(self.net, self.classifiers()[0], image_shape,
+                                     count_parameters(self.branches) + count_parameters(self.gate))
