@@ -15,9 +15,14 @@ from tests.conftest import REPO, TINY, requires_fashion_mnist
 
 
 def discbench(capsys, monkeypatch, *args):
-    """Run the console entry point in-process; return (exit status, stdout, stderr)."""
+    """Run the console entry point in-process in the repository; return (exit status, stdout, stderr)."""
+    return discbench_in(capsys, monkeypatch, REPO, *args)
+
+
+def discbench_in(capsys, monkeypatch, cwd, *args):
+    """Run the console entry point in-process in ``cwd``; return (exit status, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", ["discbench", *args])
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(cwd)
     try:
         main()
         status = 0

@@ -6,33 +6,19 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 import tomllib
 
 import numpy as np
 import pytest
 import torch
 
-from discbench.cli import main
 from discbench.config import Bench, read_toml
 from discbench.data import load_tinyimagenet, open_dataset
 from tests.conftest import REPO
+from tests.test_cli import discbench_in as discbench
 from tests.test_cli_startup import run_cli
 
 SIZE = 8
-
-
-def discbench(capsys, monkeypatch, cwd, *args):
-    """The console entry point in-process: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["discbench", *args])
-    monkeypatch.chdir(cwd)
-    try:
-        main()
-        status = 0
-    except SystemExit as exc:
-        status = exc.code or 0
-    out = capsys.readouterr()
-    return status, out.out, out.err
 
 
 def save(path, pixels):

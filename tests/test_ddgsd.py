@@ -222,14 +222,16 @@ def test_streamed_data_is_refused(bench_ddgsd):
 
 
 def test_a_head_without_its_linear_classifier_is_refused(bench_ddgsd, monkeypatch):
-    build_backbone = ddgsd.build_backbone
+    from discbench.protocols import base
+
+    build_backbone = base.build_backbone
 
     def headless(cfg):
         net = build_backbone(cfg)
         net.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         return net
 
-    monkeypatch.setattr(ddgsd, "build_backbone", headless)
+    monkeypatch.setattr(base, "build_backbone", headless)  # the network every DeployedNetwork builds
     with pytest.raises(DiscbenchError) as err:
         build(resolve(bench_ddgsd))
     assert "\n" not in str(err.value) and "penultimate" in str(err.value) and "10 outputs" in str(err.value)

@@ -404,7 +404,7 @@ class OneModule(Backbone):
 
 def test_a_backbone_of_one_module_is_refused(fbench, monkeypatch):
     cfg, _ = build(fbench)
-    monkeypatch.setattr("discbench.protocols.frskd.build_backbone", lambda cfg: OneModule())
+    monkeypatch.setattr("discbench.protocols.base.build_backbone", lambda cfg: OneModule())
     with pytest.raises(DiscbenchError, match="at least 2 modules") as err:
         PROTOCOLS.get("frskd")(cfg)
     assert "\n" not in str(err.value)

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from discbench import seeding
-from discbench.api import Backbone, Classifier, Discrepancy, FeatureSpec, LossContext, Tap, count_parameters
+from discbench.api import (
+    Backbone,
+    Classifier,
+    Discrepancy,
+    FeatureSpec,
+    LossContext,
+    Protocol,
+    Tap,
+    count_parameters,
+)
 from discbench.errors import DiscbenchError
 from discbench.keys import Term
 from discbench.registry import BACKBONES, LOSSES
@@ -138,17 +147,54 @@ def classifier_costs(net: Backbone, heads: dict[int, nn.Module], classifiers: li
     return out
 
 
-def deployed_network_cost(net: Backbone, classifier: Classifier, image_shape: tuple[int, ...],
-                          extra_params: int = 0) -> dict:
-    """The cost of a protocol that deploys one network without exits (``classifier``, its final classifier):
-    its parameters and FLOPs, and ``extra_params``, what the method trains beside it and never deploys (ONE's
-    other branches and gate, FRSKD's self-teacher), counted as ``loss_params``."""
-    return {
-        "backbone_params": count_parameters(net),
-        "exit_params": 0,
-        "loss_params": extra_params,
-        "per_exit": classifier_costs(net, {classifier.exit: net.head}, [classifier], image_shape),
-    }
+class DeployedNetwork(Protocol):
+    """Base of protocols that train one network ``net`` (role "net", the run's backbone: the same initial weights as
+    every other row of a table) with objectives of their own and deploy it without exits (CS-KD, ONE, DDGSD, FRSKD).
+
+    It reports ``net``'s final classifier; a subclass that evaluates more (ONE's other branches, FRSKD's
+    self-teacher) extends ``classifiers`` and ``predict`` with ``last = False`` classifiers. Its cost counts the
+    deployed network, and every other trainable parameter the protocol holds as ``loss_params``: what the method
+    trains beside the network and never deploys.
+    """
+
+    family: ClassVar[str | None] = "self"
+    takes_loss: ClassVar[bool] = False
+
+    def __init__(self, cfg: RunConfig, teacher: Backbone | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.net = build_backbone(cfg)
+
+    @classmethod
+    def is_baseline(cls, cfg: RunConfig) -> bool:
+        return False
+
+    @property
+    def num_modules(self) -> int:
+        return len(self.net.feature_specs)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"net": self.net}
+
+    def reported(self) -> Classifier:
+        """The deployed network's final classifier: the number a table shows."""
+        return network_classifier(self.net, "net", self.cfg.backbone)
+
+    def classifiers(self) -> list[Classifier]:
+        return [self.reported()]
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> dict[str, Tensor]:
+        return {self.reported().key: self.net(x)[0]}
+
+    def cost(self, image_shape: tuple[int, ...]) -> dict:
+        reported = self.reported()
+        return {
+            "backbone_params": count_parameters(self.net),
+            "exit_params": 0,
+            "loss_params": count_parameters(self) - count_parameters(self.net),
+            "per_exit": classifier_costs(self.net, {reported.exit: self.net.head}, [reported], image_shape),
+        }
 
 
 def network_classifier(net: Backbone, network: str, backbone: str) -> Classifier:

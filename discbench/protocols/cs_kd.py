@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from discbench.api import Backbone, Classifier, LossContext, Protocol, StepOutput
+from discbench.api import LossContext, StepOutput
 from discbench.config import ProtocolConfig
 from discbench.errors import DiscbenchError
 from discbench.functional import kd_divergence
 from discbench.keys import Term
-from discbench.protocols.base import build_backbone, deployed_network_cost, network_classifier
+from discbench.protocols.base import DeployedNetwork
 from discbench.ranges import within
 from discbench.registry import PROTOCOLS
 
@@ -25,7 +25,7 @@ PARTNER = "partner"  # the view CS-KD draws: one other training sample of each s
 
 
 @PROTOCOLS.register()
-class CsKd(Protocol):
+class CsKd(DeployedNetwork):
     """Class-wise self-knowledge distillation (Yun, Park, Lee and Shin, CVPR 2020, "Regularizing Class-wise
     Predictions via Self-knowledge Distillation", §2): each training sample x of class y is paired with another
     training sample x' of the same class, and the network's softened prediction on x' (a fixed copy of the weights,
@@ -65,17 +65,11 @@ class CsKd(Protocol):
     """
 
     name: ClassVar[str] = "cs_kd"
-    family: ClassVar[str | None] = "self"
-    takes_loss: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Config(ProtocolConfig):
         weight: float = field(metadata=within(ge=0))  # lambda_cls
         temperature: float = field(metadata=within(gt=0))  # T
-
-    @classmethod
-    def is_baseline(cls, cfg: RunConfig) -> bool:
-        return False  # even with weight 0 the partners' forward moves BatchNorm's running statistics
 
     @classmethod
     def inert(cls, config: Config, loss: str) -> dict[str, str]:
@@ -100,21 +94,6 @@ class CsKd(Protocol):
         raise DiscbenchError(f"protocol 'cs_kd' pairs every sample with another of its class, but class {c} has "
                              f"{int(counts[c])} training sample{others} in {where}; {fix}")
 
-    def __init__(self, cfg: RunConfig, teacher: Backbone | None = None):
-        super().__init__()
-        self.cfg = cfg
-        self.net = build_backbone(cfg)
-
-    @property
-    def num_modules(self) -> int:
-        return len(self.net.feature_specs)
-
-    def networks(self) -> dict[str, nn.Module]:
-        return {"net": self.net}
-
-    def classifiers(self) -> list[Classifier]:
-        return [network_classifier(self.net, "net", self.cfg.backbone)]
-
     def views(self, data: Any, batch: Any, generator: torch.Generator) -> dict[str, Tensor]:
         """The partner of each sample: another training sample of its class, freshly augmented.
 
@@ -135,12 +114,3 @@ class CsKd(Protocol):
         kd = kd_divergence(logits, target, p.temperature)
         terms = {Term("ce", module=self.num_modules): ce, Term("kd"): kd}
         return StepOutput(ce + p.weight * kd, {k: v.detach() for k, v in terms.items()})
-
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> dict[str, Tensor]:
-        return {self.classifiers()[0].key: self.net(x)[0]}
-
-    def cost(self, image_shape: tuple[int, ...]) -> dict:
-        """The network's inference path only: the partners' forward is a training cost (one more forward per step,
-        without backward), not a parameter or an inference FLOP."""
-        return deployed_network_cost(self.net, self.classifiers()[0], image_shape)

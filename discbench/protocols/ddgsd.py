@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from discbench.api import Backbone, Classifier, LossContext, Protocol, StepOutput
+from discbench.api import Backbone, LossContext, StepOutput
 from discbench.config import ProtocolConfig
 from discbench.errors import DiscbenchError
 from discbench.functional import at_least_fp32, kd_divergence
 from discbench.keys import Term
-from discbench.protocols.base import build_backbone, deployed_network_cost, network_classifier
+from discbench.protocols.base import DeployedNetwork
 from discbench.ranges import within
 from discbench.registry import PROTOCOLS
 
@@ -51,7 +51,7 @@ def split_head(head: nn.Module) -> tuple[list[nn.Module], nn.Linear] | None:
 
 
 @PROTOCOLS.register()
-class Ddgsd(Protocol):
+class Ddgsd(DeployedNetwork):
     """Data-distortion guided self-distillation (Ting-Bing Xu and Cheng-Lin Liu, AAAI 2019, "Data-Distortion Guided
     Self-Distillation for Deep Neural Networks", doi:10.1609/aaai.v33i01.33015565). Each training image x is
     distorted twice, x_a and x_b; both pass through the one network, which outputs the penultimate ("global")
@@ -108,18 +108,12 @@ class Ddgsd(Protocol):
     """
 
     name: ClassVar[str] = "ddgsd"
-    family: ClassVar[str | None] = "self"
-    takes_loss: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Config(ProtocolConfig):
         kl_weight: float = field(metadata=within(ge=0))  # lambda: the symmetric KL between the two posteriors
         mmd_weight: float = field(metadata=within(ge=0))  # mu: the MMD between the two views' penultimate features
         temperature: float = field(metadata=within(gt=0))  # T of the posteriors the KL terms compare
-
-    @classmethod
-    def is_baseline(cls, cfg: RunConfig) -> bool:
-        return False  # even with both weights 0 it trains on twice the distorted images, with CE on each
 
     @classmethod
     def inert(cls, config: Config, loss: str) -> dict[str, str]:
@@ -136,9 +130,7 @@ class Ddgsd(Protocol):
                 f"--set dataset.flip=true (or dataset.crop_padding=N, N >= 1)")
 
     def __init__(self, cfg: RunConfig, teacher: Backbone | None = None):
-        super().__init__()
-        self.cfg = cfg
-        self.net = build_backbone(cfg)
+        super().__init__(cfg)
         split = split_head(self.net.head) if type(self.net).forward is Backbone.forward else None
         # a plain tuple, so that the head's modules are not registered twice (state_dict, fingerprints)
         self._split: tuple[tuple[nn.Module, ...], nn.Linear] | None = (tuple(split[0]), split[1]) if split else None
@@ -152,16 +144,6 @@ class Ddgsd(Protocol):
                     f"'{cfg.backbone}' has no linear layer with {k} outputs at the end of its head to read them from; "
                     f"use a backbone whose head ends in its linear classifier")
             self._classifier = (linears[-1],)
-
-    @property
-    def num_modules(self) -> int:
-        return len(self.net.feature_specs)
-
-    def networks(self) -> dict[str, nn.Module]:
-        return {"net": self.net}
-
-    def classifiers(self) -> list[Classifier]:
-        return [network_classifier(self.net, "net", self.cfg.backbone)]
 
     def views(self, data: Any, batch: Any, generator: torch.Generator) -> dict[str, Tensor]:
         """The second distortion of each image of the batch: the dataset's random crop and mirror drawn afresh from
@@ -207,12 +189,3 @@ class Ddgsd(Protocol):
         terms = {Term("ce", module=t): ce_a, Term("ce_b", module=t): ce_b, Term("kd"): kd, Term("mmd"): mmd}
         total = ce_a + ce_b + p.kl_weight * kd + p.mmd_weight * mmd
         return StepOutput(total, {k: v.detach() for k, v in terms.items()})
-
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> dict[str, Tensor]:
-        return {self.classifiers()[0].key: self.net(x)[0]}
-
-    def cost(self, image_shape: tuple[int, ...]) -> dict:
-        """The network's inference path only: the second view is a training cost (the step forwards and back-propagates
-        2B images instead of B), not a parameter or an inference FLOP."""
-        return deployed_network_cost(self.net, self.classifiers()[0], image_shape)

@@ -17,15 +17,13 @@ from discbench.api import (
     Classifier,
     FeatureSpec,
     LossContext,
-    Protocol,
     StepOutput,
-    count_parameters,
 )
 from discbench.config import ProtocolConfig
 from discbench.errors import DiscbenchError
 from discbench.functional import at_least_fp32, kd_divergence
 from discbench.keys import Term
-from discbench.protocols.base import build_backbone, deployed_network_cost, network_classifier
+from discbench.protocols.base import DeployedNetwork
 from discbench.ranges import within
 from discbench.registry import PROTOCOLS
 
@@ -200,7 +198,7 @@ def frskd_objective(logits: Tensor, teacher_logits: Tensor, features: Sequence[T
 
 
 @PROTOCOLS.register()
-class Frskd(Protocol):
+class Frskd(DeployedNetwork):
     """FRSKD (Ji, Shin, Hwang, Park and Moon, "Refine Myself by Teaching Myself: Feature Refinement via
     Self-Knowledge Distillation", CVPR 2021; code github.com/MingiJi/FRSKD, ``classification/``).
 
@@ -234,7 +232,6 @@ class Frskd(Protocol):
 
     name: ClassVar[str] = "frskd"
     family: ClassVar[str] = "self"
-    takes_loss: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Config(ProtocolConfig):
@@ -245,17 +242,11 @@ class Frskd(Protocol):
         depth: int = field(metadata=within(ge=1))              # separable convolutions per fusion node
 
     @classmethod
-    def is_baseline(cls, cfg: RunConfig) -> bool:
-        return False
-
-    @classmethod
     def inert(cls, config: Config, loss: str) -> dict[str, str]:
         return {"kd_temperature": "kd_weight = 0"} if config.kd_weight == 0 else {}
 
     def __init__(self, cfg: RunConfig, teacher: Backbone | None = None):
-        super().__init__()
-        self.cfg = cfg
-        self.net = build_backbone(cfg)
+        super().__init__(cfg)
         specs = self.net.feature_specs
         if len(specs) < 2 or any(s.is_vector for s in specs):
             raise DiscbenchError(f"frskd refines the stage feature maps of a backbone of at least 2 modules; "
@@ -265,15 +256,8 @@ class Frskd(Protocol):
         with seeding.stream("init.self_teacher"):
             self.self_teacher = SelfTeacher(specs, cfg.dataset.num_classes, p.width, p.depth)
 
-    def networks(self) -> dict[str, nn.Module]:
-        return {"net": self.net}
-
-    @property
-    def num_modules(self) -> int:
-        return len(self.net.feature_specs)
-
     def classifiers(self) -> list[Classifier]:
-        return [network_classifier(self.net, "net", self.cfg.backbone),
+        return [self.reported(),
                 Classifier(network="self_teacher", backbone=self.cfg.backbone, exit=self.num_modules, last=False)]
 
     def forward(self, x: Tensor, y: Tensor, ctx: LossContext) -> StepOutput:
@@ -292,8 +276,3 @@ class Frskd(Protocol):
         logits, features = self.net(x)
         net, teacher = self.classifiers()
         return {net.key: logits, teacher.key: self.self_teacher(features)[1]}
-
-    def cost(self, image_shape: tuple[int, ...]) -> dict:
-        """Parameters and FLOPs of the deployed classifier (the backbone); the self-teacher's parameters are
-        ``loss_params``: trained beside the network, never deployed."""
-        return deployed_network_cost(self.net, self.classifiers()[0], image_shape, count_parameters(self.self_teacher))

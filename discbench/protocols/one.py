@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from discbench import seeding
-from discbench.api import Backbone, Classifier, LossContext, Protocol, StepOutput, count_parameters
+from discbench.api import Backbone, Classifier, LossContext, StepOutput
 from discbench.config import ProtocolConfig
 from discbench.errors import DiscbenchError
 from discbench.functional import at_least_fp32, kd_divergence
 from discbench.keys import Term
-from discbench.protocols.base import build_backbone, deployed_network_cost
+from discbench.protocols.base import DeployedNetwork, build_backbone
 from discbench.ranges import within
 from discbench.registry import PROTOCOLS
 
@@ -71,7 +71,7 @@ def rampup(epoch: int, length: float) -> float:
 
 
 @PROTOCOLS.register()
-class OnTheFlyNativeEnsemble(Protocol):
+class OnTheFlyNativeEnsemble(DeployedNetwork):
     """ONE (Lan, Zhu and Gong, "Knowledge Distillation by On-the-Fly Native Ensemble", NeurIPS 2018;
     arXiv:1806.04606; code: github.com/Lan1991Xu/ONE_NeurIPS2018, ``models/cifar/resnet.py:ONE_ResNet``,
     ``cifar_one.py``, ``loss/kl_loss.py``).
@@ -112,7 +112,6 @@ class OnTheFlyNativeEnsemble(Protocol):
 
     name: ClassVar[str] = "one"
     family: ClassVar[str] = "self"
-    takes_loss: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Config(ProtocolConfig):
@@ -122,21 +121,15 @@ class OnTheFlyNativeEnsemble(Protocol):
         rampup_fraction: float = field(metadata=within(ge=0, le=1))  # of the recipe's epochs; 0: no ramp-up
 
     @classmethod
-    def is_baseline(cls, cfg: RunConfig) -> bool:
-        return False
-
-    @classmethod
     def inert(cls, config: Config, loss: str) -> dict[str, str]:
         return dict.fromkeys(("temperature", "rampup_fraction"), "kd_weight = 0") if config.kd_weight == 0 else {}
 
     def __init__(self, cfg: RunConfig, teacher: Backbone | None = None):
-        super().__init__()
-        p = cfg.protocol
         if cfg.recipe.batch_size < 2:
             raise DiscbenchError(f"protocol 'one' needs recipe.batch_size >= 2 (got {cfg.recipe.batch_size}): its "
                                  f"gate normalises the branch scores over the batch (BatchNorm1d)")
-        self.cfg = cfg
-        self.net = build_backbone(cfg)
+        super().__init__(cfg)
+        p = cfg.protocol
         specs = self.net.feature_specs
         if len(specs) < 2:
             raise DiscbenchError(f"protocol 'one' branches the last module of a network of at least 2 modules; "
@@ -149,16 +142,9 @@ class OnTheFlyNativeEnsemble(Protocol):
             self.gate = Gate(specs[-2].channels, p.branches)
 
     @property
-    def num_modules(self) -> int:
-        return len(self.net.feature_specs)
-
-    @property
     def roles(self) -> list[str]:
         """The branches' networks, in order: ``net`` (branch 1, reported), ``branch2``, ..., ``branch{m}``."""
         return ["net", *(f"branch{k}" for k in range(2, len(self.branches) + 2))]
-
-    def networks(self) -> dict[str, nn.Module]:
-        return {"net": self.net}
 
     def classifiers(self) -> list[Classifier]:
         t, backbone = self.num_modules, self.cfg.backbone
@@ -209,9 +195,3 @@ class OnTheFlyNativeEnsemble(Protocol):
         out = {f"{role}/exit{t}": z for role, z in zip(self.roles, logits, strict=True)}
         out[f"{ENSEMBLE}/exit{t}"] = self.ensemble(self.gate(shared), logits)
         return out
-
-    def cost(self, image_shape: tuple[int, ...]) -> dict:
-        """The deployed network is branch 1 alone (the run's backbone); the other branches and the gate are
-        training-time parameters (``loss_params``)."""
-        return deployed_network_cost(self.net, self.classifiers()[0], image_shape,
-                                     count_parameters(self.branches) + count_parameters(self.gate))
