@@ -80,7 +80,9 @@ class InfoMaxEncoder(nn.Module):
     def forward(self, x: Tensor, impl: str | None = None) -> Tensor:
         if self.recomputes(x, impl):
             return RecomputedInfoMax.apply(x, self, *self.weights())
-        return self.norm(self.block(x) + self.shortcut(x))
+        u = self.block(x)
+        u += self.shortcut(x)  # in place: the same float additions as block(x) + shortcut(x), one (M, D) fewer
+        return self.norm(u)
 
     def recomputes(self, x: Tensor, impl: str | None = None) -> bool:
         """Whether this call recomputes in backward: a training step of an encoder built with ``recompute``, big

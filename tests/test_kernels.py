@@ -63,6 +63,26 @@ def test_large_scores_stay_finite_and_exact(loss, small_chunks):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(7, 3, 10), (5, 37, 24)])
+def test_one_chunk_keeps_the_scores_and_a_second_backward_sees_them_unchanged(shape):
+    """Default chunks: these shapes fit in one, so JSD's backward reads forward's scores instead of recomputing them.
+    Gradients equal the reference's, twice over one graph, and d local is a tensor of its own (not a view), which
+    lets autograd add MUSE's second critic's d local into it in place."""
+    assert jsd_torch._single_chunk(shape[0], jsd_torch.block_size(shape[0], shape[1]))
+    local, global_ = codes(*shape, scale=3.0)
+    want = value_and_grads(jsd_mi_loss_ref, local, global_)
+    lo, gl = local.clone().requires_grad_(), global_.clone().requires_grad_()
+    loss = jsd_torch.jsd_mi_loss_torch(lo, gl)
+    first = torch.autograd.grad(loss * 1.7, (lo, gl), retain_graph=True)  # value_and_grads' upstream gradient
+    second = torch.autograd.grad(loss * 1.7, (lo, gl))
+    torch.testing.assert_close(loss, want[0], **TOLERANCES[torch.float32])
+    for a, b, w in zip(first, second, want[1:], strict=True):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, w, **TOLERANCES[torch.float32])
+    d_local, _ = jsd_torch._streamed_grads(lo.detach(), gl.detach(), shape[0], None, lambda s, *_: s)
+    assert d_local._base is None and d_local.shape == shape
+
+
 @pytest.mark.parametrize("function", [jsd_torch.StreamedJSD, jsd_torch.StreamedNCE])
 @pytest.mark.parametrize("shape,block", [((1, 3, 4), 1), ((2, 2, 3), 1), ((5, 3, 4), 2)])
 def test_streamed_gradients_match_finite_differences(function, shape, block):

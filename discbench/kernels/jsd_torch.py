@@ -5,8 +5,9 @@ The local codes are viewed as rows r = (b, n) of a (B*N, D) matrix and the globa
 scores. Forward and backward walk chunks of whole images (k*N rows) with 2-D GEMMs: a chunk's scores are
 (k*N, B), its positives (column b for the rows of image b) are a strided view of them, and backward recomputes
 them instead of saving them. Only ``local`` and ``global_`` are saved (plus one float per row for InfoNCE: its
-logsumexp). This is the CPU path and the fallback of the Triton kernels (which tile the same way); ``jsd_ref``
-holds the oracles.
+logsumexp), except when JSD's scores fit in one chunk: forward then keeps that chunk (at most BLOCK_ELEMENTS
+floats) and backward skips the GEMM that would recompute it, with the same values. This is the CPU path and the
+fallback of the Triton kernels (which tile the same way); ``jsd_ref`` holds the oracles.
 
 Why chunks of rows and not blocks of the B' (global) axis: a row chunk reads each local code once per GEMM and its
 (k*N, D) slice stays in cache for the chunk's two backward GEMMs, while a column block re-reads all of ``local``
@@ -55,20 +56,35 @@ def _chunk_scores(flat: Tensor, global_: Tensor, n: int, i0: int, i1: int) -> tu
     return rows, rows @ global_.T
 
 
-def _streamed_grads(local: Tensor, global_: Tensor, block: int,
-                    d_scores: Callable[[Tensor, int, int], Tensor]) -> tuple[Tensor, Tensor]:
-    """d local, d global_ given ``d_scores(scores, i0, i1)``: a chunk's dS, computed in place on its scores."""
+def _streamed_grads(local: Tensor, global_: Tensor, block: int, saved: Tensor | None,
+                    d_scores: Callable[[Tensor, int, int, Tensor | None], Tensor]) -> tuple[Tensor, Tensor]:
+    """d local, d global_ given ``d_scores(scores, i0, i1, out)``: a chunk's dS, written into ``out``. ``out`` is
+    the chunk's recomputed scores themselves, or None (a new tensor) when the scores are ``saved``: a single chunk
+    that forward kept, which a second backward over the same graph reads again. ``saved`` None: recompute.
+
+    d local is returned as a tensor of its own, not a view: autograd then adds the other critic's d local into it
+    in place (MUSE's MI and SI terms share ``local``) instead of allocating the sum."""
     b, n, d = local.shape
     flat = local.view(b * n, d)
-    d_local = torch.empty_like(flat)  # (B*N, D), written chunk by chunk
+    d_local = torch.empty_like(local)
+    d_flat = d_local.view(b * n, d)  # (B*N, D), written chunk by chunk
     d_global = torch.zeros_like(global_)
     for i0, i1 in _chunks(b, block):
-        rows, scores = _chunk_scores(flat, global_, n, i0, i1)
-        ds = d_scores(scores, i0, i1)  # (k*N, B)
-        torch.mm(ds, global_, out=d_local[i0 * n:i1 * n])
+        if saved is None:
+            rows, scores = _chunk_scores(flat, global_, n, i0, i1)
+        else:
+            rows, scores = flat, saved
+        ds = d_scores(scores, i0, i1, None if saved is not None else scores)  # (k*N, B)
+        torch.mm(ds, global_, out=d_flat[i0 * n:i1 * n])
         d_global.addmm_(ds.T, rows)
         del scores, ds  # before the next chunk's scores exist
-    return d_local.view(b, n, d), d_global
+    return d_local, d_global
+
+
+def _single_chunk(b: int, block: int) -> bool:
+    """Whether forward covers every image in one chunk, so that it keeps the (B*N, B) scores for backward (at most
+    BLOCK_ELEMENTS floats unless one image alone is bigger) instead of backward recomputing them with a GEMM."""
+    return block >= b
 
 
 class StreamedJSD(torch.autograd.Function):
@@ -86,30 +102,29 @@ class StreamedJSD(torch.autograd.Function):
             terms = F.softplus(scores)
             _positives(terms, n, i0, i1).zero_()
             negative += terms.sum()
-            del scores, terms  # before the next chunk's scores exist
+            del terms
         loss = positive / (b * n)
         if b > 1:
             loss = loss + negative / (b * (b - 1) * n)
-        ctx.save_for_backward(local, global_)
+        ctx.save_for_backward(local, global_, scores if _single_chunk(b, block) else None)
         ctx.block = block
         return loss
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad: Tensor):
-        local, global_ = ctx.saved_tensors
+        local, global_, saved = ctx.saved_tensors
         b, n, _ = local.shape
         w_pos = grad / (b * n)
         w_neg = grad / (b * (b - 1) * n) if b > 1 else torch.zeros_like(grad)
 
-        def d_scores(scores: Tensor, i0: int, i1: int) -> Tensor:
-            positive = _positives(scores, n, i0, i1)
-            d_positive = torch.sigmoid(-positive).mul_(-w_pos)  # (N, k)
-            scores.sigmoid_().mul_(w_neg)
-            positive.copy_(d_positive)
-            return scores
+        def d_scores(scores: Tensor, i0: int, i1: int, out: Tensor | None) -> Tensor:
+            d_positive = torch.sigmoid(-_positives(scores, n, i0, i1)).mul_(-w_pos)  # (N, k), before out is written
+            ds = torch.sigmoid(scores, out=out).mul_(w_neg)
+            _positives(ds, n, i0, i1).copy_(d_positive)
+            return ds
 
-        d_local, d_global = _streamed_grads(local, global_, ctx.block, d_scores)
+        d_local, d_global = _streamed_grads(local, global_, ctx.block, saved, d_scores)
         return d_local, d_global, None
 
 
@@ -139,12 +154,12 @@ class StreamedNCE(torch.autograd.Function):
         b, n, _ = local.shape
         w = grad / (b * n)
 
-        def d_scores(scores: Tensor, i0: int, i1: int) -> Tensor:
-            scores.sub_(lse[i0 * n:i1 * n, None]).exp_().mul_(w)  # w softmax
-            _positives(scores, n, i0, i1).sub_(w)  # - w onehot
-            return scores
+        def d_scores(scores: Tensor, i0: int, i1: int, out: Tensor | None) -> Tensor:
+            ds = torch.sub(scores, lse[i0 * n:i1 * n, None], out=out).exp_().mul_(w)  # w softmax
+            _positives(ds, n, i0, i1).sub_(w)  # - w onehot
+            return ds
 
-        d_local, d_global = _streamed_grads(local, global_, ctx.block, d_scores)
+        d_local, d_global = _streamed_grads(local, global_, ctx.block, None, d_scores)
         return d_local, d_global, None
 
 
