@@ -17,6 +17,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 CHROMIUM := /usr/bin/chromium
 SITE ?= site
+# make test: one pytest worker per usable CPU (each test runs torch on one thread; a file's tests share a worker)
+TEST_WORKERS ?= $(shell nproc)
 
 .PHONY: setup demo test lint clean-demo check leaderboard publish summary
 
@@ -41,7 +43,7 @@ demo: setup
 	$(BIN)/discbench sweep --suite demo --launcher local --workers 2 --results-dir results/demo --out results/demo/LEADERBOARD.md
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m triton tests/triton
 
 lint: setup

@@ -7,7 +7,8 @@ bundled ptxas. Its resources are read from the cubin with triton's bundled ``cuo
 thread and local memory per thread (what triton reports as ``n_spills`` x 4 on a GPU: ``fits`` refuses a config
 with any), and shared memory is the launch's request (``metadata.shared``).
 
-Used by tests/test_triton_compile.py and benchmarks/critic_compile_matrix.py (the table in the README's GPU section).
+Used by tests/test_triton_compile.py and benchmarks/critic_compile_matrix.py, which writes the compile matrix of every
+config, dtype, D and architecture to benchmarks/critic_compile_matrix.md (described in docs/kernels.md, "On a GPU").
 """
 
 from __future__ import annotations

@@ -170,9 +170,11 @@ Click a column header to sort; filter by dataset, protocol and backbone.</p>
 
 
 LEGEND = ("Δ: difference of means to the baseline row of the same table and column, 95 % confidence interval from "
-          "Welch's t-test (scipy.stats, unequal variances, seeds unpaired); marked † and bold when it excludes 0. "
-          "Two-network rows of different pairs show net1 / net2 and compare net1. Step: training step time on the "
-          "records' device; Peak memory: CUDA max allocated, or the CPU process's peak RSS (see LEADERBOARD.md).")
+          "Welch's t-test (scipy.stats, unequal variances, seeds taken as unpaired); marked † and bold when it "
+          "excludes 0. Where the records prove that two rows' seeds pair, LEADERBOARD.md also gives the paired "
+          "t-test's interval; this page does not. Two-network rows of different pairs show net1 / net2 and compare "
+          "net1. Step: training step time on the records' device; Peak memory: CUDA max allocated, or the CPU "
+          "process's peak RSS (see LEADERBOARD.md).")
 
 
 MANIFEST = ".discbench-site.json"  # the files the last publish wrote into a site directory (relative paths)
