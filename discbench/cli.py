@@ -3,8 +3,9 @@ train-teacher, teacher, config, dataset.
 
 A command parses its options, builds what the library needs (a configuration, a ``discbench.runner.Workspace``) and
 calls one library function; it holds no logic of its own. Every command imports what it needs inside its own body:
-``discbench --help``, ``list budgets``, ``list suites``, ``leaderboard`` and ``validate --help`` never import torch,
-torchvision or a plugin.
+``discbench --help``, ``list budgets``, ``list suites``, ``leaderboard`` (``--suite``, ``--published`` and ``--check``
+included: the built-ins' declarations are read from their source, ``discbench.catalog.declared_plugins``) and
+``validate --help`` never import torch, torchvision or a built-in plugin.
 """
 
 from __future__ import annotations
@@ -181,6 +182,8 @@ def sweep(suite, budget, seeds, out, launcher, workers, partition, time_limit, g
     from discbench.reporting.markdown import render_suite
     from discbench.runner import sweep as run_sweep
 
+    if out:
+        _check_out(out)  # before training, not after
     bench = Bench.load(config_path)
     s = suites.load(bench, suite)
     runs = suites.runs(bench, s, budget, seeds)
@@ -246,8 +249,9 @@ def sweep(suite, budget, seeds, out, launcher, workers, partition, time_limit, g
 def leaderboard(results_dirs, budget, suites, out, figures, published, check, mix, config_path):
     """Render records under --results-dir as markdown tables (all of them, or --suite's) on stdout, and into --out.
 
-    Without --suite the tables come from the records alone (no plugin, no torch); --suite resolves the suites'
-    configurations to find their records. --published renders the published leaderboard; --check compares it with
+    Without --suite the tables come from the records alone; --suite resolves the suites' configurations to find
+    their records, reading the built-in plugins' declarations from their source (neither imports torch; a suite that
+    names a third-party loss imports it). --published renders the published leaderboard; --check compares it with
     the committed file and writes nothing."""
     from discbench.config import Bench
     from discbench.reporting.markdown import leaderboard as render
@@ -259,6 +263,8 @@ def leaderboard(results_dirs, budget, suites, out, figures, published, check, mi
         out, figures = out or PUBLISHED, True
     results_dirs = results_dirs or (str(DEFAULT_RESULTS_DIR),)
     draw_into = Path(out).parent / "figures" if figures and out and not check else None
+    if out and not check:
+        _check_out(out, draw_into)  # before rendering, not after
     text = render(results_dirs, suites, budget, config_path, echo=_note, figures=figures, draw_into=draw_into,
                   mix=mix, published=published)
     if check:
@@ -750,12 +756,35 @@ def _note(line: str) -> None:
     click.echo(line, err=True)
 
 
+def _file_in_the_way(directory: Path) -> Path | None:
+    """The first of ``directory`` and its parents, from the top, that exists and is not a directory: a file where
+    ``directory`` would be made. None when there is none."""
+    for place in (*reversed(Path(directory).parents), Path(directory)):
+        if not place.exists():
+            return None
+        if not place.is_dir():
+            return place
+    return None
+
+
+def _check_out(path: Path, figures: Path | None = None) -> None:
+    """``path`` (and the ``figures`` directory beside it) can be made where they are named: one line naming the file
+    in the way otherwise."""
+    blocking = _file_in_the_way(Path(path).parent)
+    if blocking is not None:
+        raise DiscbenchError(f"cannot write {path}: {blocking} is a file, not a directory")
+    blocking = _file_in_the_way(figures) if figures is not None else None
+    if blocking is not None:
+        raise DiscbenchError(f"cannot draw the figures into {figures}: {blocking} is a file, not a directory")
+
+
 def _write_text(path: Path, text: str) -> None:
     from discbench.atomic import atomic_write_text
 
     try:
         atomic_write_text(path, text + "\n")
     except OSError as exc:
+        _check_out(path)  # a file where a directory is needed: say which
         raise DiscbenchError(f"cannot write {path}: {exc.strerror or exc}") from None
     click.echo(f"wrote {path}", err=True)
 

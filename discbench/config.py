@@ -275,22 +275,40 @@ class Method:
         return tuple(override(s, k, v) for s, values in self.settings(protocol).items() for k, v in values.items())
 
 
+@dataclass(frozen=True)
+class Plugins:
+    """Where ``Bench`` reads the classes of protocols, losses and backbones: the registries (``REGISTRIES``, which
+    import them), or what their source declares (``discbench.catalog.declared_plugins``, which imports no torch).
+    Each is read through ``names()``, ``get(name)`` and ``in``."""
+
+    protocols: Any
+    losses: Any
+    backbones: Any
+
+
+REGISTRIES = Plugins(PROTOCOLS, LOSSES, BACKBONES)
+
+
 class _RegisteredLosses(Mapping):
     """The loss registry as ``Bench.method`` reads it: each registered loss -> the protocols it supports."""
 
+    def __init__(self, plugins: Plugins):
+        self.plugins = plugins
+
     def __getitem__(self, name: str) -> tuple[str, ...]:
-        supported = LOSSES.get(name).protocols
-        every = tuple(p for p in PROTOCOLS.names() if PROTOCOLS.get(p).takes_loss)
+        supported = self.plugins.losses.get(name).protocols
+        protocols = self.plugins.protocols
+        every = tuple(p for p in protocols.names() if protocols.get(p).takes_loss)
         return every if supported is None else tuple(supported)
 
     def __iter__(self):
-        return iter(LOSSES.names())
+        return iter(self.plugins.losses.names())
 
     def __len__(self) -> int:
-        return len(LOSSES.names())
+        return len(self.plugins.losses.names())
 
     def __contains__(self, name: object) -> bool:
-        return name in LOSSES
+        return name in self.plugins.losses
 
 
 def _sections(table: Mapping[str, Any], where: str) -> dict[str, dict[str, Any]]:
@@ -310,11 +328,13 @@ class Bench:
     Args:
         data: the merged tables.
         layers: the files they came from, defaults first.
+        plugins: where the classes of protocols, losses and backbones are read (default: the registries).
     """
 
-    def __init__(self, data: Mapping[str, Any], layers: Sequence[Path] = ()):
+    def __init__(self, data: Mapping[str, Any], layers: Sequence[Path] = (), plugins: Plugins = REGISTRIES):
         self.data = data
         self.layers = tuple(Path(p) for p in layers) or (DEFAULTS,)
+        self.plugins = plugins
         for section in ("datasets", "recipes", "protocols", "runtime"):
             if not isinstance(data.get(section), dict):
                 raise DiscbenchError(f"{self.describe()}: missing table [{section}]")
@@ -332,6 +352,10 @@ class Bench:
         for layer in layers:
             data = merge(data, read_toml(layer))
         return cls(data, layers)
+
+    def reading(self, plugins: Plugins) -> Bench:
+        """The same tables, resolved against ``plugins`` (e.g. the classes as their source declares them)."""
+        return Bench(self.data, self.layers, plugins)
 
     @property
     def path(self) -> Path:
@@ -366,7 +390,7 @@ class Bench:
         """Every method: the baselines (tables of ``[methods]`` without a plugin, in file order), then the loss methods
         (registered losses, and tables that name a ``plugin``) by name. ``losses``: the registered losses' names when
         the caller has them without the registry (``list losses`` reads them from source, importing no torch)."""
-        names = LOSSES.names() if losses is None else list(losses)
+        names = self.plugins.losses.names() if losses is None else list(losses)
         tables = self.data.get("methods", {})
         baselines = [n for n, t in tables.items() if n not in names and not t.get("plugin")]
         return baselines + sorted({*names, *(n for n in tables if n not in baselines)})
@@ -379,8 +403,8 @@ class Bench:
         protocol's name) stand for the registries when the caller read them without importing torch (``list
         losses``)."""
         if losses is None:
-            losses = _RegisteredLosses()
-        every_protocol = tuple(PROTOCOLS.names() if protocols is None else protocols)
+            losses = _RegisteredLosses(self.plugins)
+        every_protocol = tuple(self.plugins.protocols.names() if protocols is None else protocols)
         table = self.data.get("methods", {}).get(name)
         where = f"method '{name}'"
         if table is None:
@@ -399,7 +423,7 @@ class Bench:
                 raise DiscbenchError(unknown_name_message("protocol", protocol, every_protocol))
         if plugin:
             if plugin not in losses:
-                LOSSES.get(plugin)  # unknown or broken plugin -> its error
+                self.plugins.losses.get(plugin)  # unknown or broken plugin -> its error
             supported = losses[plugin]
             protocols = tuple(p for p in every_protocol if p in supported)
         else:
@@ -440,12 +464,12 @@ class Bench:
         ``datasets.<dataset>`` overrides, then its ``protocols.<protocol>`` overrides (of ``recipe_protocol`` when
         given: a teacher is trained with the offline students' recipe).
         """
-        proto_cls = PROTOCOLS.get(protocol)
+        proto_cls = self.plugins.protocols.get(protocol)
         method = self.method(loss)
         if protocol not in method.protocols:
             raise DiscbenchError(f"'{loss}' is not defined for protocol '{protocol}'; it is defined for: "
                                  f"{', '.join(method.protocols)}")
-        BACKBONES.get(backbone)  # unknown backbone -> did-you-mean error
+        self.plugins.backbones.get(backbone)  # unknown backbone -> did-you-mean error
         notes: list[str] = []
         sets = self._settings(method, protocol, overrides, partner, proto_cls)
         self._replace_kd(method, proto_cls, sets["protocol"], notes)
@@ -459,12 +483,11 @@ class Bench:
         return RunConfig(label=label, protocol_name=protocol, backbone=backbone, budget=budget, dataset=dataset_cfg,
                          recipe=recipe, protocol=protocol_cfg, loss=loss_cfg, runtime=runtime, notes=tuple(notes))
 
-    @staticmethod
-    def _replace_kd(method: Method, proto_cls: Any, sets: dict[str, Any], notes: list[str]) -> None:
+    def _replace_kd(self, method: Method, proto_cls: Any, sets: dict[str, Any], notes: list[str]) -> None:
         """A logit-distillation plugin (``replaces_kd``) replaces the protocol's own KD term: its weight is 0, and a
         setting that asks for both is refused."""
         field_name = proto_cls.kd_field
-        if not (method.plugin and field_name and LOSSES.get(method.plugin).replaces_kd):
+        if not (method.plugin and field_name and self.plugins.losses.get(method.plugin).replaces_kd):
             return
         asked = sets.get(field_name, 0)
         if asked != 0:
@@ -536,18 +559,18 @@ class Bench:
                 raise DiscbenchError(f"protocol '{proto_cls.name}' needs a {key}: pass --{key} BACKBONE "
                                      f"(discbench teacher list)")
             return dataclasses.replace(config, **{key: backbone})
-        if name not in BACKBONES:
-            raise DiscbenchError(unknown_name_message(f"--{key} backbone", name, BACKBONES.names()))
+        backbones = self.plugins.backbones
+        if name not in backbones:
+            raise DiscbenchError(unknown_name_message(f"--{key} backbone", name, backbones.names()))
         return config
 
-    @staticmethod
-    def _loss(name: str, sets: Mapping[str, Any]) -> LossConfig:
+    def _loss(self, name: str, sets: Mapping[str, Any]) -> LossConfig:
         """The plugin's weight and hyper-parameters: its defaults, then ``sets``, each typed and range-checked."""
         if not name:
             if sets:
                 raise DiscbenchError(f"--set loss.{next(iter(sets))}: this row has no discrepancy to configure")
             return LossConfig(name="", version=0, beta=0.0)
-        cls = LOSSES.get(name)
+        cls = self.plugins.losses.get(name)
         defaults = {"beta": 1.0, **cls.hparams()}
         values = {}
         for key, value in sets.items():

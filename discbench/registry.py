@@ -183,6 +183,17 @@ class Registry(Generic[T]):
         self.warnings.append(message)
         print(f"warning: {message}", file=sys.stderr)
 
+    @property
+    def group(self) -> str | None:
+        """The entry-point group of third-party entries (None: built-ins only)."""
+        return self._group
+
+    @property
+    def imported(self) -> bool:
+        """Whether this process holds entries of this registry already (its built-ins were imported, or entries were
+        added by hand): a reader of the built-ins' source would not see what was added."""
+        return self._loaded or bool(self._entries)
+
     def names(self) -> list[str]:
         self._load()
         return sorted([*self._entries, *self._lazy])

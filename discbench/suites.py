@@ -15,13 +15,12 @@ family's other protocols, so that a new loss or a new self-distillation method j
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from discbench.config import Bench, RunConfig, parse_override
+from discbench.config import REGISTRIES, Bench, RunConfig, parse_override
 from discbench.errors import DiscbenchError
 from discbench.ranges import within
-from discbench.registry import LOSSES, PROTOCOLS
 from discbench.typed import build
 
 LAYOUTS = ("modules", "compression", "methods-columns")
@@ -100,15 +99,16 @@ def _sets(table, where: str) -> tuple[str, ...]:
     return tuple(f"{k}={json.dumps(v)}" for k, v in table.items())
 
 
-def family(protocol: str) -> list[str]:
+def family(bench: Bench, protocol: str) -> list[str]:
     """``protocol`` and every registered protocol whose rows join its tables (``Protocol.family``)."""
-    return [protocol, *(p for p in PROTOCOLS.names() if p != protocol and PROTOCOLS.get(p).family == protocol)]
+    protocols = bench.plugins.protocols
+    return [protocol, *(p for p in protocols.names() if p != protocol and protocols.get(p).family == protocol)]
 
 
 def _rows(bench: Bench, rows, protocol: str, where: str) -> tuple[SuiteRow, ...]:
     if rows == ALL_ROWS:
-        return tuple(SuiteRow(name, name, (), protocol="" if p == protocol else p)
-                     for p in family(protocol) for name in bench.method_names() if p in bench.method(name).protocols)
+        return tuple(SuiteRow(name, name, (), protocol="" if p == protocol else p) for p in family(bench, protocol)
+                     for name in bench.method_names() if p in bench.method(name).protocols)
     if not isinstance(rows, list):
         raise DiscbenchError(f"{where}: rows must be a list of tables or \"{ALL_ROWS}\"")
     out = []
@@ -123,9 +123,9 @@ def _rows(bench: Bench, rows, protocol: str, where: str) -> tuple[SuiteRow, ...]
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise DiscbenchError(f"{where}, row '{label}': seeds_from must be an integer >= 0, got {offset!r}")
         row_protocol = row.get("protocol", protocol)
-        if row_protocol not in family(protocol):
+        if row_protocol not in family(bench, protocol):
             raise DiscbenchError(f"{where}, row '{label}': protocol {row_protocol!r} does not join the "
-                                 f"'{protocol}' tables; protocols that do: {', '.join(family(protocol))}")
+                                 f"'{protocol}' tables; protocols that do: {', '.join(family(bench, protocol))}")
         out.append(SuiteRow(loss=row["loss"], label=label, overrides=sets, seeds_from=offset,
                             protocol="" if row_protocol == protocol else row_protocol))
     labels = [r.label for r in out]
@@ -161,7 +161,7 @@ def load(bench: Bench, name: str) -> Suite:
     suite = build(Suite, table, where, name=name, rows=rows, overrides=overrides)
     if suite.layout not in LAYOUTS:
         raise DiscbenchError(f"{where}: unknown layout '{suite.layout}'; valid: {', '.join(LAYOUTS)}")
-    key = PROTOCOLS.get(suite.protocol).partner
+    key = bench.plugins.protocols.get(suite.protocol).partner
     if bool(suite.partners) != bool(key) or (key and len(suite.partners) != len(suite.backbones)):
         need = f"one partner ({key}) per backbone" if key else "no partners"
         raise DiscbenchError(f"{where}: protocol '{suite.protocol}' needs {need}; got partners = "
@@ -178,8 +178,8 @@ def defining(bench: Bench, method: str, protocol: str) -> dict[tuple[str, str], 
     if protocol not in m.protocols:
         return {}
     out = {(section, key): value for section, values in m.settings(protocol).items() for key, value in values.items()}
-    kd_field = PROTOCOLS.get(protocol).kd_field
-    if m.plugin and kd_field and LOSSES.get(m.plugin).replaces_kd:
+    kd_field = bench.plugins.protocols.get(protocol).kd_field
+    if m.plugin and kd_field and bench.plugins.losses.get(m.plugin).replaces_kd:
         out[("protocol", kd_field)] = 0.0
     return out
 
@@ -202,7 +202,7 @@ def check_row(bench: Bench, suite: Suite, row: SuiteRow) -> None:
 def runs(bench: Bench, suite: Suite, budget: str | None = None, seeds: int | None = None) -> list[SuiteRun]:
     """Every (dataset, backbone, row) configuration of ``suite`` under ``budget`` (or the suite's own) with the
     ``seeds`` (or the suite's number of) seeds it trains, from the row's ``seeds_from``."""
-    key = PROTOCOLS.get(suite.protocol).partner
+    key = bench.plugins.protocols.get(suite.protocol).partner
     n = seeds or suite.seeds
     return [SuiteRun(bench.resolve(row.loss, backbone, dataset, budget or suite.budget, suite.protocol_of(row),
                                    (*suite.overrides, *row.overrides), row.label,
@@ -214,3 +214,22 @@ def runs(bench: Bench, suite: Suite, budget: str | None = None, seeds: int | Non
 def configs(bench: Bench, suite: Suite, budget: str | None = None) -> list[RunConfig]:
     """Every (dataset, backbone, row) configuration of ``suite``, under ``budget`` or the suite's own."""
     return [r.cfg for r in runs(bench, suite, budget)]
+
+
+def resolved(bench: Bench, names: Sequence[str], budget: str | None = None) -> list[tuple[Suite, list[SuiteRun]]]:
+    """Each suite of ``names`` with its runs (``load``, ``runs``), resolved against the plugin classes as their source
+    declares them (``discbench.catalog.declared_plugins``: no torch, for the leaderboard) when they can be read so,
+    else against the registries, which import them. Either way the same resolver reads the same declarations: the
+    configurations and their hashes are the same."""
+    from discbench.catalog import Unreadable, declared_plugins
+
+    def resolve(b: Bench) -> list[tuple[Suite, list[SuiteRun]]]:
+        return [(s, runs(b, s, budget)) for s in (load(b, name) for name in names)]
+
+    declared = declared_plugins() if bench.plugins is REGISTRIES else None
+    if declared is not None:
+        try:
+            return resolve(bench.reading(declared))
+        except Unreadable:  # a declaration needs its module after all: import the plugins
+            pass
+    return resolve(bench)

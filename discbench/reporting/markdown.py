@@ -246,13 +246,9 @@ def sections(records: list[RunRecord], suites=(), budget: str | None = None, con
     from discbench import suites as suite_defs
     from discbench.config import Bench
 
-    bench = Bench.load(config_path)
-    out = []
-    for name in suites:
-        s = suite_defs.load(bench, name)
-        runs = suite_defs.runs(bench, s, budget)
-        out.append((name, render_suite(s, runs, records, mix=mix), suite_records(runs, records)))
-    return out
+    return [(name, render_suite(s, runs, records, mix=mix), suite_records(runs, records))
+            for name, (s, runs) in zip(suites, suite_defs.resolved(Bench.load(config_path), suites, budget),
+                                       strict=True)]
 
 
 def combine(parts: list[tuple]) -> str:
