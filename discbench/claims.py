@@ -51,7 +51,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return {}  # unreadable: treated as stale
     return data if isinstance(data, dict) else {}
 
@@ -59,7 +59,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):  # no such process; no pid at all (< 0 or >= 2^31)
         return False
     except PermissionError:
         return True
@@ -118,7 +118,10 @@ def describe(claim: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     job = f" (job {claim['job']})" if claim.get("job") else ""
     started, heartbeat = (float(claim[k]) if is_number(claim.get(k)) else None for k in ("started", "heartbeat"))
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started is not None else "?"
+    try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started is not None else "?"
+    except (OverflowError, OSError, ValueError):  # a time no clock can show
+        since = "?"
     beat = f"{now - heartbeat:.0f} s ago" if heartbeat is not None else "?"
     return f"{claim.get('host')} pid {claim.get('pid')}{job}, since {since}, heartbeat {beat}"
 

@@ -225,6 +225,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise DiscbenchError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise DiscbenchError(f"{path}: arrays or tables nested too deeply to be a configuration") from None
 
 
 def merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

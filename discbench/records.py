@@ -407,6 +407,8 @@ def parse_record(text: str, where: str = "record") -> RunRecord:
                             f"{exc.lineno}, column {exc.colno})") from None
     except ValueError as exc:
         raise InvalidRecord(f"{where}: {exc}") from None
+    except RecursionError:
+        raise InvalidRecord(f"{where}: JSON nested too deeply to be a record") from None
     try:
         validate_dict(data)
         record = RunRecord.from_dict(data, where)

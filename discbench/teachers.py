@@ -49,9 +49,13 @@ def default_store() -> Path:
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise DiscbenchError(f"cannot read {path}: {exc.strerror or exc}; check its permissions, or re-create the "
+                             f"teacher (discbench train-teacher / teacher import)") from None
     return digest.hexdigest()
 
 

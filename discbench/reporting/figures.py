@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from discbench.errors import DiscbenchError
 from discbench.records import RunRecord
 
 TERMS = ("mi", "si")
@@ -40,12 +41,15 @@ def _pyplot():
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for ext in ("png", "svg"):
-        path = out_dir / f"{stem}.{ext}"
-        fig.savefig(path, dpi=110, metadata=METADATA[ext], bbox_inches="tight")
-        paths.append(path)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for ext in ("png", "svg"):
+            path = out_dir / f"{stem}.{ext}"
+            fig.savefig(path, dpi=110, metadata=METADATA[ext], bbox_inches="tight")
+            paths.append(path)
+    except OSError as exc:
+        raise DiscbenchError(f"cannot draw the figures into {out_dir}: {exc.strerror or exc}") from None
     return paths
 
 

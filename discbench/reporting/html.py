@@ -204,6 +204,7 @@ def publish(results_dirs: Iterable, out_dir: Path, suites=(), budget: str | None
     it refuses to overwrite a file it did not write unless ``replace``, removes only its own files of an earlier
     publish that this one no longer writes, never touches its inputs, and writes the whole site into a staging folder
     first, so that a failure leaves the directory as it was."""
+    import glob
     import os
     import tempfile
 
@@ -215,9 +216,9 @@ def publish(results_dirs: Iterable, out_dir: Path, suites=(), budget: str | None
     if out_dir.exists() and not out_dir.is_dir():
         raise DiscbenchError(f"--out {out_dir} is a file; give a directory for the site")
     site = out_dir.resolve()
-    for given in results_dirs:
-        if "*" not in str(given) and any(Path(given).resolve().is_relative_to(site / sub)
-                                         for sub in ("records", "figures")):
+    for given in results_dirs:  # a glob is checked through what it matches, as collect() reads it
+        matches = glob.glob(str(given)) if glob.has_magic(str(given)) else [given]
+        if any(Path(m).resolve().is_relative_to(site / sub) for m in matches for sub in ("records", "figures")):
             raise DiscbenchError(f"--results-dir {given} lies in the site's records/ or figures/, which publish "
                                  f"rewrites; copy those records elsewhere and pass that directory")
     previous = _owned(out_dir)
