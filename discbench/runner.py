@@ -350,12 +350,17 @@ class SeedJob:
         return DelayedSubmission(self)
 
 
-def prepare(ws: Workspace, runs: list[SuiteRun]) -> None:
-    """Before anything of a sweep trains: every row's plugins pass the pre-flight check (a broken plugin in the last
-    row stops the sweep now, not hours later; an offline row is checked against a random teacher of the same
-    backbone here, and against its real teacher again before its first seed), then every teacher the sweep needs and
-    the store lacks is trained."""
+def prepare(ws: Workspace, runs: list[SuiteRun], open_data: bool = True) -> None:
+    """Before anything of a sweep trains: with ``open_data`` (a sweep that trains in this process), the data of every
+    row still to run opens and passes its protocol's check (a missing dataset is one line in seconds, not after the
+    pre-flight of every row); every row's plugins pass the pre-flight check (a broken plugin in the last row stops
+    the sweep now, not hours later; an offline row is checked against a random teacher of the same backbone here,
+    and against its real teacher again before its first seed), then every teacher the sweep needs and the store
+    lacks is trained."""
     needed = {cfg.request_hash: cfg for cfg, _ in pending(ws, runs)}
+    if open_data:
+        for cfg in needed.values():
+            check_data(cfg, ws.data.get(cfg, ws.device))
     offline = [r.cfg for r in runs if PROTOCOLS.get(r.cfg.protocol_name).uses_teacher(r.cfg)]
     for cfg in {**{c.request_hash: c for c in offline}, **needed}.values():
         preflight(cfg)
@@ -373,7 +378,7 @@ def sweep(ws: Workspace, runs: list[SuiteRun], launcher: str = "inline", executo
     workers share the cores instead of fighting for them; each record says how many threads trained it); or one
     Slurm array, submitted and not waited for (each task takes the threads Slurm gives it)."""
     ws = ws.with_options(keep_going=True)
-    prepare(ws, runs)
+    prepare(ws, runs, open_data=launcher == "inline")  # launcher jobs open their data in their own processes
     outcome = SweepOutcome()
     if launcher == "inline":
         with stop_on_signals():

@@ -660,3 +660,17 @@ def test_the_plugin_example_ci_pipes_nothing_into_grep_q():
         for line in path.read_text().splitlines():
             code = line.split("#", 1)[0]
             assert "tee /dev/stderr" not in code and not ("|" in code and "grep -q" in code), f"{path}: {line}"
+
+
+def test_a_sweep_without_its_data_is_one_line_before_any_pre_flight(tmp_path, capsys, monkeypatch):
+    """Case 41, sweep half: `sweep --suite table1` (CIFAR-100) without --data-dir said so only after pre-flighting
+    its 32 rows (20 s); the data of the rows to run now opens first."""
+    def no_preflight(*_, **__):
+        raise AssertionError("the pre-flight ran before the data was checked")
+
+    monkeypatch.setattr(runner_module, "preflight", no_preflight)
+    monkeypatch.delenv("DISCBENCH_DATA", raising=False)
+    status, _, err = discbench(capsys, monkeypatch, "sweep", "--suite", "table1", "--results-dir",
+                               str(tmp_path / "runs"), "--quiet")
+    assert status == 2 and one_line(err) and "cifar100 needs a data directory" in err, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
