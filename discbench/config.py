@@ -205,7 +205,7 @@ def project_path(path: Path | str | None = None) -> Path | None:
     if env:
         return Path(env)
     here = Path("bench.toml")
-    return here if here.is_file() else None
+    return here if here.exists() else None  # a directory of that name is one line (read_toml), not passed over
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -143,6 +143,21 @@ class SeedsFailed(DiscbenchError):
 
 
 # -- one configuration -----------------------------------------------------------------------------------------------
+def check_networks(cfg: RunConfig) -> None:
+    """Build each network the run names beside a stored teacher (its backbone; an online peer) once on the CPU, with
+    the global random state left as it was: a backbone that cannot be split into modules, or whose maps collapse at
+    the dataset's image size, is one line before the data opens and before any pre-flight."""
+    import random
+
+    from discbench.protocols.base import build_backbone
+
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        for name in dict.fromkeys(n for n in (cfg.backbone, getattr(cfg.protocol, "peer", None)) if n):
+            build_backbone(cfg, name)
+    random.setstate(state)
+
+
 def check_data(cfg: RunConfig, data: Any) -> None:
     """Before anything trains: the protocol can use the opened training data (``Protocol.check_data``), and a
     protocol that draws extra views (``Protocol.views``) has a dataset held in memory to draw them from."""
@@ -185,7 +200,8 @@ def run_seeds(ws: Workspace, cfg: RunConfig, seeds: Iterable[int]) -> list[Path]
         if not checked:
             if dist.is_main:
                 check_writable(path)
-            check_data(cfg, ws.data.get(cfg, ws.device))  # open (and check) the data first: one line in seconds
+            check_networks(cfg)  # the networks first (a backbone that cannot split or collapses: one line)
+            check_data(cfg, ws.data.get(cfg, ws.device))  # then the data: one line in seconds
             preflight(cfg, teacher=teacher.network if teacher else None)  # (a large network's pre-flight takes longer)
             checked = True
         files = seed_files(ws.results_dir, cfg, seed)

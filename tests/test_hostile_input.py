@@ -19,7 +19,7 @@ import torch
 import discbench.runner as runner_module
 from discbench.records import LABEL_CHARS, check_writable, record_path
 from tests.conftest import TINY, requires_fashion_mnist
-from tests.test_cli import discbench, tiny
+from tests.test_cli import discbench, discbench_in, tiny
 
 
 class TrainingStarted(AssertionError):
@@ -496,7 +496,6 @@ def test_a_peer_without_stages_is_one_line_before_training(tmp_path, capsys, mon
     assert [f for f in files_under(res) if not f.endswith("/.claims.lock")] == []
 
 
-@pytest.mark.xfail(strict=True, reason="the peer's stages are checked in the pre-flight, after the data opens")
 def test_a_peer_without_stages_is_refused_before_the_data_opens(tmp_path, capsys, monkeypatch, no_training):
     import discbench.data as data_module
 
@@ -674,3 +673,11 @@ def test_a_sweep_without_its_data_is_one_line_before_any_pre_flight(tmp_path, ca
                                str(tmp_path / "runs"), "--quiet")
     assert status == 2 and one_line(err) and "cifar100 needs a data directory" in err, err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
+
+
+def test_a_directory_named_bench_toml_in_the_working_directory_is_one_line(tmp_path, capsys, monkeypatch):
+    """A ./bench.toml that is a directory was silently passed over (the run trained with the defaults)."""
+    (tmp_path / "bench.toml").mkdir()
+    monkeypatch.delenv("DISCBENCH_CONFIG", raising=False)
+    status, _, err = discbench_in(capsys, monkeypatch, tmp_path, "list", "budgets")
+    assert status == 2 and one_line(err) and "bench.toml is a directory" in err, err
