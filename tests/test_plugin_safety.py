@@ -323,9 +323,28 @@ rows = [{{ loss = "l2" }}, {{ loss = "{name}" }}]
 """)
     res = tmp_path / "runs"
     status, _, err = discbench(capsys, monkeypatch, "sweep", "--suite", "with-a-broken-row", "--config", str(config),
-                               "--results-dir", str(res), "--quiet", "--data-dir", str(tmp_path / "no-data"))
-    assert status == 2  # the data directory is never opened: the check comes first
+                               "--results-dir", str(res), "--quiet")
+    assert status == 2  # the data is opened and checked, then every row is pre-flighted, then the first one trains
     assert "failed the pre-flight check 'gradients'" in error_line(err) and not res.exists()
+
+
+def test_sweep_without_its_data_is_refused_before_the_pre_flight(install, tmp_path, capsys, monkeypatch):
+    name = install("dead")
+    config = tmp_path / "bench.toml"
+    config.write_text((REPO / "bench.toml").read_text() + f"""
+[suites.with-a-broken-row]
+protocol = "self"
+datasets = ["cifar100"]
+backbones = ["smallnet"]
+seeds = 1
+budget = "smoke"
+rows = [{{ loss = "l2" }}, {{ loss = "{name}" }}]
+""")
+    res = tmp_path / "runs"
+    status, _, err = discbench(capsys, monkeypatch, "sweep", "--suite", "with-a-broken-row", "--config", str(config),
+                               "--results-dir", str(res), "--quiet", "--data-dir", str(tmp_path / "no-data"))
+    assert status == 2 and "pre-flight" not in error_line(err) and "cifar" in error_line(err).lower()
+    assert not res.exists()
 
 
 # -- the pre-flight check itself --------------------------------------------------------------------------------------
