@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     times = round_robin(steps, args.warmup, args.repeats)
     reference = statistics.median(times["ce_kd"])
     print(f"{args.backbone} on {args.dataset} ({args.budget}), batch {args.batch}, {torch.get_num_threads()} "
-          f"thread(s), median of {args.repeats} round-robin steps")
+          f"thread(s), torch's CPU kernels {torch.backends.cpu.get_cpu_capability()}, median of {args.repeats} "
+          f"round-robin steps")
     print("| row | ms/step | × ce_kd |\n|---|---|---|")
     ratio_rows = []
     for name in steps:
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"ratios": ratio_rows, "breakdown": parts,
                                          "args": {k: str(v) for k, v in vars(args).items()},
                                          "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                                                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                                                      "threads": torch.get_num_threads()}}, indent=1) + "\n")
     return 0
 
