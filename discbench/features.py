@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -15,6 +16,18 @@ def locations(x: Tensor) -> Tensor:
     """Every location of a map as a row. Shape: (B, C, H, W) -> (B*H*W, C); a view for channels_last maps."""
     b, c, h, w = x.shape
     return x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+
+
+def sampled_locations(x: Tensor, k: int) -> Tensor:
+    """``k`` locations of every map, drawn uniformly without replacement (a new draw per map and call, from torch's
+    generator on ``x``'s device), as rows in image order; every location (``locations``) when ``k`` is 0 or at least
+    H*W. Shape: (B, C, H, W) -> (B*n, C) with n = min(k, H*W), or H*W when k is 0."""
+    b, c, h, w = x.shape
+    if k <= 0 or k >= h * w:
+        return locations(x)
+    rows = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+    picked = torch.rand(b, h * w, device=x.device).argsort(dim=1)[:, :k]  # (B, k): k distinct locations per map
+    return rows.gather(1, picked.unsqueeze(2).expand(b, k, c)).reshape(b * k, c)
 
 
 def match_spatial(source: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

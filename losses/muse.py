@@ -14,15 +14,30 @@ No public code exists; this is the first implementation, derived from the paper'
 Choices where the paper is silent (its supplementary material is not public), after Deep InfoMax (Hjelm et al.,
 ICLR 2019), whose global/local views §3.2 says MUSE follows:
 
-- Views: the *local* view is every location of the source map F_i; the *global* view is the globally average-
-  pooled target F_T (MI) or the pooled F_i itself (SI). Positives pair a location with the global vector of the same
-  image; negatives pair it with the global vectors of every other image in the batch (DIM's all-pairs, no bank).
+- Views: the *local* view is the locations of the source map F_i; the *global* view is the globally average-
+  pooled target F_T (MI) or the pooled F_i itself (SI), over every location. Positives pair a location with the
+  global vector of the same image; negatives pair it with the global vectors of every other image in the batch
+  (DIM's all-pairs, no bank).
+- Locations (``locations`` = K = 32, version 2): each step, each image's local view is K of its H*W locations, drawn
+  uniformly without replacement (torch's generator, so seeded, checkpointed and resumed like every other draw);
+  ``locations = 0`` takes every location, as version 1 did. Eq. 5's expectations run over (image, location) pairs, and
+  for given codes a uniform draw per image estimates both means without bias (tests/test_muse.py), so this is the same
+  loss estimated with fewer locations, not another loss (MI x SI multiplies two estimates from one draw, and BatchNorm
+  in the local encoder normalises over the B*K drawn rows: both add a small bias). Why: the local encoder and the
+  critic cost in proportion to the locations, and with every location a SmallNet MI x SI step took 3.1x a ``ce_kd``
+  step at batch 32 on 28x28 (module 1 alone has 784 locations per image; CIFAR ResNets have 1 024), with K = 32 1.46x
+  (one thread of a 2-core AVX-512 EPYC, benchmarks/profile_muse_step.py, docs/costs.md). What it costs in noise,
+  measured on Fashion-MNIST after 150 steps of SmallNet MI x SI training, batch 32: the gradient of the MUSE terms
+  with K = 32 has cosine 0.95 with the every-location gradient of the same batch (0.98 at K = 64, 0.88 at K = 16),
+  while the every-location gradients of two different batches have cosine 0.80; in the step's whole gradient (CE, KD
+  and MUSE) the difference is 1.8% of its norm. MI and SI share the draw (one local encoder).
 - Critic T(l, g) = <E_L(l), E_G(g)> / sqrt(D): a scaled dot product of encoded local and global features in
   ``dim`` = D = 64 dimensions. The 1/sqrt(D) (AMDIM, Bachman et al. 2019, the paper's [2]) matters: the codes are
   LayerNorm'd, so an unscaled score is O(D) and the loss starts near 30 instead of 2 log 2 and diverges within a
   few SGD steps at lr 0.05 (observed on Fashion-MNIST); scaled, random codes give scores of unit variance.
-- D = 64: the local encoder's D x D layer on every location dominates the cost of the loss (at batch 32 on
-  28x28 maps, D = 128 costs 89 ms per step for the three module pairs on 2 CPU cores, D = 64 costs 49 ms).
+- D = 64: the local encoder's D x D layer on every location dominated the cost of the loss when every location
+  was encoded (at batch 32 on 28x28 maps, D = 128 cost 89 ms per step for the three module pairs on 2 CPU cores,
+  D = 64 cost 49 ms).
 - Encoders: DIM's ``MI1x1ConvNet`` applied per location (a 1x1-conv MLP, written as linear layers on (B*H*W, C)):
   Linear(C, D, no bias) -> BatchNorm -> ReLU -> Linear(D, D), plus a linear shortcut initialised near identity,
   then LayerNorm over D. The global encoders are the same MLP on the pooled vector.
@@ -31,10 +46,10 @@ ICLR 2019), whose global/local views §3.2 says MUSE follows:
 - The target is *not* detached: §3.2 says F_T "can be aware of more local information", so MI trains F_T too.
 - Loss values are logged per module as ``mi@i`` and ``si@i`` (JSD losses: lower means more information).
 
-Memory: with the critic streamed (discbench.kernels), the local encoder's activations on all B*H*W locations
-dominate the loss's memory (four (B*H*W, D) tensors saved for backward). Unless the critic implementation is
-``ref``, the local encoder saves only its input and recomputes its activations in row chunks during backward
-(``RecomputedInfoMax``) once they are big (B*H*W*D >= 2^22; smaller ones cost more time than they save memory);
+Memory: with the critic streamed (discbench.kernels), the local encoder's activations on the M = B*K locations (B*H*W
+with ``locations = 0``) dominate the loss's memory (four (M, D) tensors saved for backward). Unless the critic
+implementation is ``ref``, the local encoder saves only its input and recomputes its activations in row chunks during
+backward (``RecomputedInfoMax``) once they are big (M*D >= 2^22; smaller ones cost more time than they save memory);
 its forward runs the very same modules, so values and BatchNorm running statistics are bit-identical to the plain
 path, and gradients agree to float rounding (tests/test_muse_memory.py).
 """
@@ -48,7 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from discbench.api import Discrepancy, FeatureSpec, LossContext, LossOutput, Range, Tap
-from discbench.features import locations, pooled
+from discbench.features import pooled, sampled_locations
 from discbench.kernels import jsd_mi_loss, select_impl
 from discbench.registry import LOSSES
 
@@ -174,10 +189,11 @@ class RecomputedInfoMax(torch.autograd.Function):
         return d_x, None, d_w1, *sums[3:]
 
 
-def local_codes(encoder: InfoMaxEncoder, feature: Tensor, impl: str | None = None) -> Tensor:
-    """The local view: every location of a map, encoded. Shape: (B, C, H, W) -> (B, H*W, D)."""
-    b, _, h, w = feature.shape
-    return encoder(locations(feature), impl).view(b, h * w, -1)
+def local_codes(encoder: InfoMaxEncoder, feature: Tensor, impl: str | None = None, sample: int = 0) -> Tensor:
+    """The local view: ``sample`` locations of every map drawn uniformly (every location when ``sample`` is 0 or at
+    least H*W), encoded. Shape: (B, C, H, W) -> (B, n, D), n = min(sample, H*W) or H*W."""
+    b = feature.shape[0]
+    return encoder(sampled_locations(feature, sample), impl).view(b, -1, encoder.norm.normalized_shape[0])
 
 
 def global_codes(encoder: InfoMaxEncoder, feature: Tensor) -> Tensor:
@@ -188,17 +204,22 @@ def global_codes(encoder: InfoMaxEncoder, feature: Tensor) -> Tensor:
 
 
 class MUSE(Discrepancy):
-    """Base of the four MUSE variants: which JSD terms they estimate and how they combine them."""
+    """Base of the four MUSE variants: which JSD terms they estimate and how they combine them.
 
+    ``dim``: D, the codes' size; ``locations``: K, the locations of each image's local view per step (0: every
+    location; version 1 always used every location)."""
+
+    version = 2
     tap = Tap.FEATURE
     uses_mi: ClassVar[bool] = True
     uses_si: ClassVar[bool] = True
 
-    ranges = {"dim": Range(ge=1)}
+    ranges = {"dim": Range(ge=1), "locations": Range(ge=0)}
 
-    def __init__(self, source: FeatureSpec, target: FeatureSpec, dim: int = 64):
+    def __init__(self, source: FeatureSpec, target: FeatureSpec, dim: int = 64, locations: int = 32):
         super().__init__(source, target)
         self.dim = dim
+        self.locations = locations
         self.local_encoder = InfoMaxEncoder(source.channels, dim, recompute=True)
         self.mi_global_encoder = InfoMaxEncoder(target.channels, dim) if self.uses_mi else None
         self.si_global_encoder = InfoMaxEncoder(source.channels, dim) if self.uses_si else None
@@ -209,7 +230,7 @@ class MUSE(Discrepancy):
 
     def forward(self, source: Tensor, target: Tensor, ctx: LossContext) -> LossOutput:
         impl = ctx.critic_impl
-        local = local_codes(self.local_encoder, source, impl)  # (B, N, D)
+        local = local_codes(self.local_encoder, source, impl, self.locations)  # (B, n, D)
         terms = {}
         if self.uses_mi:  # Eq. 5 on (F_i, F_T)
             terms["mi"] = jsd_mi_loss(local, global_codes(self.mi_global_encoder, target), impl)

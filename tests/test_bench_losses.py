@@ -32,7 +32,7 @@ def test_one_loss_per_tap_at_batch_2(tmp_path, capsys):
     assert rows["mi"]["extra_params"] == encoder[64] + encoder[512]
     assert all(len(r["fwd_bwd_ms_all"]) == 2 for r in rows.values())
     table = capsys.readouterr().out
-    assert "| mi (v1) | feature | 2x64x32x32 -> 2x512x4x4 |" in table
+    assert "| mi (v2) | feature | 2x64x32x32 -> 2x512x4x4 |" in table
     assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + 3  # header and three rows
 
 

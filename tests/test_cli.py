@@ -50,7 +50,7 @@ def test_run_skip_force_and_leaderboard(tmp_path, capsys, monkeypatch):
     paths = records(res)
     assert len(paths) == 2
     rec = json.loads(paths[0].read_text())
-    assert rec["loss"] == {"name": "mi_x_si", "version": 1, "distribution": "discbench",
+    assert rec["loss"] == {"name": "mi_x_si", "version": 2, "distribution": "discbench",
                            "distribution_version": discbench_version, "entry_point": "discbench.losses.muse:MIxSI"}
     assert rec["seed"] in (0, 1)
     assert set(rec["final_top1"]) == {"net/exit1", "net/exit2", "net/exit3", "net/exit4"}

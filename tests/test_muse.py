@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from discbench.api import FeatureSpec, LossContext
+from discbench.features import locations, sampled_locations
 from discbench.kernels import jsd_mi_loss
 from discbench.kernels.jsd_ref import jsd_mi_loss_ref
 from discbench.registry import LOSSES
@@ -68,6 +69,7 @@ def test_variants_combine_mi_and_si_as_equations_4_and_6():
     outs = {}
     for name in ("mi", "si", "mi_plus_si", "mi_x_si"):
         m = make(name)
+        torch.manual_seed(1)  # the same draw of locations (36 > K = 32) for every variant
         outs[name] = m(source, target, ctx())
     mi, si = outs["mi"].loss, outs["si"].loss
     # same seed -> the same local encoder; MI and SI global encoders are built in a fixed order
@@ -113,3 +115,75 @@ def test_training_the_critic_lowers_the_loss_on_dependent_features():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * 2 * math.log(2)
+
+
+# -- the local view's locations (version 2: K drawn uniformly per image and step) ----------------------------------
+def test_sampled_locations_are_k_distinct_locations_of_each_image():
+    x = torch.randn(5, 3, 4, 6)
+    rows = sampled_locations(x, 7).view(5, 7, 3)
+    every = locations(x).view(5, 24, 3)
+    for b in range(5):
+        # each drawn row is one of its own image's locations, and no location is drawn twice
+        match = (rows[b][:, None, :] == every[b][None, :, :]).all(dim=2)  # (7, 24)
+        assert (match.sum(dim=1) == 1).all()
+        assert match.any(dim=0).sum() == 7
+    for k in (0, 24, 100):  # 0 or at least H*W: every location, in order
+        assert torch.equal(sampled_locations(x, k), locations(x))
+
+
+def test_sampled_locations_are_uniform_and_drawn_anew_per_image():
+    torch.manual_seed(0)
+    index = torch.arange(20.0).view(1, 1, 4, 5).expand(2, 1, 4, 5)  # a map whose value is its location
+    draws = 4000
+    counts = torch.zeros(20)
+    same = 0
+    for _ in range(draws):
+        picked = sampled_locations(index, 5).view(2, 5)
+        counts += torch.bincount(picked[0].long(), minlength=20)
+        same += int(set(picked[0].tolist()) == set(picked[1].tolist()))
+    # each location is drawn with probability K / (H W) = 1/4: 1000 expected, binomial std about 27
+    assert (counts - 1000).abs().max() < 5 * 27.4
+    assert same < 10  # two images share a draw with probability 1 / C(20, 5) = 6.5e-5
+
+
+def test_the_sampled_jsd_loss_is_an_unbiased_estimate_of_the_every_location_loss():
+    """For given codes, K uniform locations per image estimate Eq. 5's two means without bias."""
+    torch.manual_seed(0)
+    b, h, w, d = 4, 5, 5, 6
+    codes = torch.randn(b, d, h, w, dtype=torch.float64)
+    global_ = torch.randn(b, d, dtype=torch.float64)
+    full = jsd_mi_loss_ref(locations(codes).view(b, h * w, d), global_).item()
+    draws = torch.tensor([jsd_mi_loss_ref(sampled_locations(codes, 3).view(b, 3, d), global_).item()
+                          for _ in range(4000)])
+    standard_error = draws.std().item() / math.sqrt(len(draws))
+    assert abs(draws.mean().item() - full) < 4 * standard_error
+    assert draws.std().item() > 0.01  # the draws do differ
+
+
+def test_every_location_is_version_1s_local_view():
+    """``locations = 0`` gives the critic every location (the version-1 loss), whatever the generator's state."""
+    source, target = torch.randn(3, 8, 7, 7), torch.randn(3, 16, 2, 2)
+    m = make("mi_x_si", locations=0)
+    local = m.local_encoder(source.permute(0, 2, 3, 1).reshape(-1, 8)).view(3, 49, 64)
+    mi = loop_jsd(local.detach(), (m.mi_global_encoder(target.mean(dim=(2, 3))) / 8).detach())
+    si = loop_jsd(local.detach(), (m.si_global_encoder(source.mean(dim=(2, 3))) / 8).detach())
+    torch.manual_seed(5)
+    assert m(source, target, ctx(3)).loss.item() == pytest.approx(mi * si, rel=1e-5)
+
+
+def test_the_default_draws_32_locations_and_the_draw_follows_the_seed():
+    source, target = torch.randn(3, 8, 7, 7), torch.randn(3, 16, 2, 2)
+    m = make("mi_x_si")
+    assert m.locations == 32
+    seen = {}
+
+    def capture(module, args, out):
+        seen["rows"] = out.shape[0]
+
+    m.local_encoder.register_forward_hook(capture)
+    losses = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        losses.append(m(source, target, ctx(3)).loss.item())
+    assert seen["rows"] == 3 * 32
+    assert losses[0] == losses[1] != losses[2]

@@ -29,10 +29,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 BLOCK_ELEMENTS = 1 << 20  # scores per chunk (4 MiB in fp32), at least one image's N*B
+
+
+def softplus(x: Tensor) -> Tensor:
+    """log(1 + e^x) as max(x, 0) + log(1 + e^-|x|), a new tensor. Its absolute error is at most 6e-8 (log of a
+    number in (1, 2]) plus the final addition's rounding, like ``F.softplus``'s; only below x = -16, where the exact
+    value is under 1e-7, it returns 0 instead. The JSD loss is a mean of such terms, so that changes it by less than
+    1e-7, and its gradient (sigmoid, in backward) not at all. 6x faster than ``F.softplus`` on CPUs where ATen uses
+    AVX-512 kernels, whose ``log1p`` (what ``F.softplus`` applies to e^x) takes 8x as long as the AVX2 one
+    (docs/costs.md); as fast elsewhere."""
+    return x.abs().neg_().exp_().add_(1).log_().add_(x.clamp(min=0))
 
 
 def block_size(b: int, n: int) -> int:
@@ -98,8 +107,8 @@ class StreamedJSD(torch.autograd.Function):
         negative = local.new_zeros(())
         for i0, i1 in _chunks(b, block):
             _, scores = _chunk_scores(local.view(b * n, d), global_, n, i0, i1)
-            positive += F.softplus(-_positives(scores, n, i0, i1)).sum()
-            terms = F.softplus(scores)
+            positive += softplus(-_positives(scores, n, i0, i1)).sum()
+            terms = softplus(scores)
             _positives(terms, n, i0, i1).zero_()
             negative += terms.sum()
             del terms
