@@ -47,8 +47,8 @@ class SmallNet(Backbone):
 class TinyNet(SmallNet):
     """SmallNet at half width (8/16/32/64) with a stride-2 stem: modules at 1/2, 1/4, 1/8 and 1/16 of the input
     (14, 7, 4 and 2 on 28x28), about 0.08 M parameters. The student and small peer of the CPU smoke suites of MUSE
-    Table 7: MUSE's critic scores every location of F_i against every image of the batch, so module 1 at 14x14
-    instead of 28x28 makes its terms 4x cheaper."""
+    Table 7. Its maps have half SmallNet's side, so critics that score every location of F_i (MIMKD's, and MUSE's
+    with ``locations = 0``) see 4x fewer locations."""
 
     name = "tinynet"
     widths = (8, 16, 32, 64)
