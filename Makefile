@@ -1,7 +1,7 @@
 # discbench: the two set-up commands of the README.
 #   make demo   sets everything up, runs MUSE self-distillation against the baselines on Fashion-MNIST (TinyNet,
 #               3 seeds, two jobs of one thread each: the published records' layout) and prints the leaderboard
-#               (3.5 minutes measured on 2 CPU cores; see the README).
+#               (1.5 minutes measured on 2 CPU cores; see the README).
 #   make test   sets everything up and runs the test suite (the browser test included: chromium from apt).
 #   make check  fails with a diff when results/LEADERBOARD.md is stale (the published suites: bench.toml's
 #               [publish]); make leaderboard re-renders it and its figures; make publish writes the static site into

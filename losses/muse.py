@@ -24,13 +24,13 @@ ICLR 2019), whose global/local views §3.2 says MUSE follows:
   for given codes a uniform draw per image estimates both means without bias (tests/test_muse.py), so this is the same
   loss estimated with fewer locations, not another loss (MI x SI multiplies two estimates from one draw, and BatchNorm
   in the local encoder normalises over the B*K drawn rows: both add a small bias). Why: the local encoder and the
-  critic cost in proportion to the locations, and with every location a SmallNet MI x SI step took 3.1x a ``ce_kd``
-  step at batch 32 on 28x28 (module 1 alone has 784 locations per image; CIFAR ResNets have 1 024), with K = 32 1.46x
-  (one thread of a 2-core AVX-512 EPYC, benchmarks/profile_muse_step.py, docs/costs.md). What it costs in noise,
-  measured on Fashion-MNIST after 150 steps of SmallNet MI x SI training, batch 32: the gradient of the MUSE terms
-  with K = 32 has cosine 0.95 with the every-location gradient of the same batch (0.98 at K = 64, 0.88 at K = 16),
-  while the every-location gradients of two different batches have cosine 0.80; in the step's whole gradient (CE, KD
-  and MUSE) the difference is 1.8% of its norm. MI and SI share the draw (one local encoder).
+  critic cost in proportion to the locations: with every location a SmallNet MI x SI step took 3.1x a ``ce_kd`` step
+  at batch 32 on 28x28 (module 1 alone has 784 locations per image; CIFAR ResNets have 1 024), with K = 32 1.4x
+  (benchmarks/profile_muse_step.py; docs/costs.md). What it costs in noise (benchmarks/muse_locations_noise.py:
+  Fashion-MNIST, SmallNet MI x SI after 150 steps, batch 32): the gradient of the MUSE terms with K = 32 has cosine
+  0.93 with the every-location gradient of the same batch (0.98 at K = 64, 0.84 at K = 16), while the every-location
+  gradients of two different batches have cosine 0.75; in the step's whole gradient (CE, KD and MUSE) the difference
+  is 2.1% of its norm. MI and SI share the draw (one local encoder).
 - Critic T(l, g) = <E_L(l), E_G(g)> / sqrt(D): a scaled dot product of encoded local and global features in
   ``dim`` = D = 64 dimensions. The 1/sqrt(D) (AMDIM, Bachman et al. 2019, the paper's [2]) matters: the codes are
   LayerNorm'd, so an unscaled score is O(D) and the loss starts near 30 instead of 2 log 2 and diverges within a
