@@ -1,13 +1,15 @@
-"""Launchers: one job per (configuration, seed) through submitit, on local processes or a Slurm cluster.
+"""Launchers through submitit, on local processes or a Slurm cluster.
 
-``discbench sweep --launcher local|slurm`` hands every (configuration, seed) of a suite to a submitit executor
-(no scheduler of our own): ``local`` runs them as subprocesses of this machine (``submitit.LocalExecutor``), at most
-``--workers`` at a time, and waits for them; ``slurm`` submits one Slurm job array (``submitit.SlurmExecutor``,
-``--array-parallelism`` tasks at a time) and returns, ``discbench status`` showing progress. Each job is a
-``discbench.runner.SeedJob``: ``run_seeds`` on one seed, so claims, checkpoints and failure records work exactly as
-in ``discbench run``. When the cluster announces a timeout or preemption (submitit's signal, USR2), the job writes
-a checkpoint at the next step and hands over to submitit's checkpoint/requeue hook (``SeedJob.checkpoint``), whose
-requeued job resumes from that checkpoint. SIGTERM writes a checkpoint and fails the job (a later sweep resumes it).
+``discbench sweep --launcher local|slurm`` hands a suite's pending (configuration, seed) pairs to a submitit executor
+(no scheduler of our own). ``local`` starts ``--workers`` subprocesses of this machine (``submitit.LocalExecutor``)
+and waits for them: each is a ``discbench.runner.WorkerJob`` that walks the whole list and trains every seed no other
+worker has claimed, so a process starts (imports, dataset) once per worker, not once per seed. ``slurm`` submits one
+Slurm job array of one ``discbench.runner.SeedJob`` per seed (``submitit.SlurmExecutor``, ``--array-parallelism``
+tasks at a time) and returns, ``discbench status`` showing progress. Either job calls ``run_seeds`` one seed at a
+time, so claims, checkpoints and failure records work exactly as in ``discbench run``. When the cluster announces a
+timeout or preemption (submitit's signal, USR2), the job writes a checkpoint at the next step and hands over to
+submitit's checkpoint/requeue hook (the job's ``checkpoint``), whose requeued job resumes from that checkpoint.
+SIGTERM writes a checkpoint and fails the job (a later sweep resumes it).
 
 Slurm resources come from the ``[launcher.slurm]`` table of bench.toml (any ``submitit.SlurmExecutor`` parameter:
 ``partition``, ``time``, ``gpus_per_task``, ``cpus_per_task``, ``mem``, ``account``, ``qos``, ``constraint``,

@@ -334,10 +334,36 @@ def pending(ws: Workspace, runs: list[SuiteRun]) -> Iterator[tuple[RunConfig, in
                 yield run.cfg, seed
 
 
+def _run_one(ws: Workspace, cfg: RunConfig, seed: int) -> str | None:
+    """One seed inside a launcher job: SIGTERM and SIGUSR2 (submitit's preemption signal) write a checkpoint and
+    stop; a preemption then hands over to submitit's handler, which calls the job's ``checkpoint`` (requeue)."""
+    try:
+        with stop_on_signals((signal.SIGTERM, signal.SIGUSR2)):
+            written = run_seeds(ws, cfg, [seed])
+    except Preempted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        handler = signal.getsignal(exc.signum)  # submitit's again: checkpoint() below, requeue, exit
+        if callable(handler):
+            handler(exc.signum, None)
+        raise
+    return str(written[0]) if written else None
+
+
+def _open_job_workspace(spec: WorkspaceSpec, threads: int) -> Workspace:
+    if threads:
+        torch.set_num_threads(threads)
+    return spec.open().with_options(keep_going=False, progress=False)  # each seed raises its own error
+
+
+def last_line(exc: BaseException) -> str:
+    """An error's last non-empty line (a job's traceback ends with the error itself)."""
+    return next((line for line in reversed(str(exc).splitlines()) if line.strip()), repr(exc)).strip()
+
+
 @dataclass(frozen=True)
 class SeedJob:
-    """One (configuration, seed) of a workspace for a submitit executor; pickled, then called in the job's own
-    process, which rebuilds the workspace from its spec."""
+    """One (configuration, seed) of a workspace for a submitit executor (a Slurm array task); pickled, then called
+    in the job's own process, which rebuilds the workspace from its spec."""
 
     spec: WorkspaceSpec
     cfg: RunConfig
@@ -345,22 +371,41 @@ class SeedJob:
     threads: int = 0  # torch's intra-op threads in the job's process; 0 leaves torch's default
 
     def __call__(self) -> str | None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        ws = self.spec.open().with_options(keep_going=False, progress=False)  # the job raises its seed's own error
-        try:
-            with stop_on_signals((signal.SIGTERM, signal.SIGUSR2)):
-                written = run_seeds(ws, self.cfg, [self.seed])
-        except Preempted as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            handler = signal.getsignal(exc.signum)  # submitit's again: checkpoint() below, requeue, exit
-            if callable(handler):
-                handler(exc.signum, None)
-            raise
-        return str(written[0]) if written else None
+        return _run_one(_open_job_workspace(self.spec, self.threads), self.cfg, self.seed)
 
     def checkpoint(self) -> Any:
         """submitit's requeue hook: the same job again; it resumes from the checkpoint the loop just wrote."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self)
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """A local worker: every pending (configuration, seed) of a sweep, one after another in one process, which pays
+    the interpreter's start, the imports (torch and torchvision: about 2.5 s) and the dataset's loading once, not
+    once per seed. Each worker of a sweep gets the same list in the same order and skips a seed another live worker
+    has claimed (``discbench.claims``), so the workers take the seeds as they free up. Returns the failed seeds'
+    lines; a preemption requeues the whole worker, whose finished seeds are skipped and whose interrupted seed
+    resumes from its checkpoint."""
+
+    spec: WorkspaceSpec
+    items: tuple[tuple[RunConfig, int], ...]
+    threads: int = 0
+
+    def __call__(self) -> list[str]:
+        ws = _open_job_workspace(self.spec, self.threads)
+        failed = []
+        for cfg, seed in self.items:
+            try:
+                _run_one(ws, cfg, seed)
+            except (Preempted, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                failed.append(f"{cfg.label} | {cfg.backbone} | seed {seed}: {last_line(exc)}")
+        return failed
+
+    def checkpoint(self) -> Any:
         from submitit.helpers import DelayedSubmission
 
         return DelayedSubmission(self)
@@ -389,10 +434,11 @@ def prepare(ws: Workspace, runs: list[SuiteRun], open_data: bool = True) -> None
 def sweep(ws: Workspace, runs: list[SuiteRun], launcher: str = "inline", executor: Any = None,
           workers: int = 1) -> SweepOutcome:
     """Every (configuration, seed) of a suite's ``runs`` without a record: inline, one after another (a failed seed
-    leaves a failure record and the others go on), or as launcher jobs (``discbench.launch``): local processes, at
-    most ``workers`` at a time, waited for, each with this process's usable CPUs / ``workers`` torch threads (so the
-    workers share the cores instead of fighting for them; each record says how many threads trained it); or one
-    Slurm array, submitted and not waited for (each task takes the threads Slurm gives it)."""
+    leaves a failure record and the others go on), or as launcher jobs (``discbench.launch``): ``workers`` local
+    worker processes (``WorkerJob``: each takes the next seed nobody has claimed), waited for, each with this
+    process's usable CPUs / ``workers`` torch threads (so the workers share the cores instead of fighting for them;
+    each record says how many threads trained it); or one Slurm array of one task per seed (``SeedJob``), submitted
+    and not waited for (each task takes the threads Slurm gives it)."""
     ws = ws.with_options(keep_going=True)
     prepare(ws, runs, open_data=launcher == "inline")  # launcher jobs open their data in their own processes
     outcome = SweepOutcome()
@@ -409,16 +455,15 @@ def sweep(ws: Workspace, runs: list[SuiteRun], launcher: str = "inline", executo
         return outcome
     from discbench.launch import submit
 
-    threads = max(1, usable_cpus() // workers) if launcher == "local" else 0
-    jobs = [SeedJob(ws.spec, cfg, seed, threads) for cfg, seed in pending(ws, runs)]
-    handles = submit(executor, jobs, launcher, workers)
+    items = list(pending(ws, runs))
     if launcher == "slurm":
-        outcome.submitted = handles
+        outcome.submitted = submit(executor, [SeedJob(ws.spec, cfg, seed) for cfg, seed in items], launcher)
         return outcome
-    for job, handle in zip(jobs, handles, strict=True):
+    workers = max(1, min(workers, len(items)))
+    worker = WorkerJob(ws.spec, tuple(items), max(1, usable_cpus() // workers))
+    for handle in submit(executor, [worker] * workers if items else [], launcher, workers):
         try:
-            handle.result()
-        except Exception as exc:
-            reason = next((line for line in reversed(str(exc).splitlines()) if line.strip()), repr(exc))
-            outcome.failed.append(f"{job.cfg.label} | {job.cfg.backbone} | seed {job.seed}: {reason.strip()}")
+            outcome.failed.extend(handle.result())
+        except Exception as exc:  # the worker process itself failed (killed, out of memory)
+            outcome.failed.append(f"a local worker: {last_line(exc)}")
     return outcome

@@ -18,9 +18,10 @@ pytest.importorskip("submitit")
 from discbench.config import Bench  # noqa: E402
 from discbench.errors import DiscbenchError  # noqa: E402
 from discbench.launch import make_executor, slurm_minutes, slurm_parameters  # noqa: E402
-from discbench.runner import RunOptions, SeedJob, WorkspaceSpec  # noqa: E402
+from discbench.records import seed_files  # noqa: E402
+from discbench.runner import RunOptions, SeedJob, WorkerJob, WorkspaceSpec  # noqa: E402
 from tests.conftest import REPO, requires_fashion_mnist  # noqa: E402
-from tests.test_claims import TINY_SUITE, tiny_bench  # noqa: E402, F401  (the fixture)
+from tests.test_claims import TINY_SUITE, tiny_bench, write_claim  # noqa: E402, F401  (the fixture)
 from tests.test_cli import discbench  # noqa: E402
 
 
@@ -46,10 +47,34 @@ def test_local_launcher_sweep_completes_and_status_reports_it(tmp_path, tiny_ben
     records = sorted(results.rglob("*.json"))
     assert {json.loads(p.read_text())["label"] for p in records} == {"Baseline", "L2"}
     logs = sorted((results / ".jobs").glob("*_0_log.err"))
-    assert len(logs) == 2  # one submitit job (process) per (configuration, seed)
+    assert len(logs) == 2  # one submitit job (process) per worker, each taking the seeds nobody has claimed
     code, after, err = discbench(capsys, monkeypatch, "status", *common)
     assert code == 0, err
     assert after.splitlines()[-1] == "tiny: 2 done, 0 running, 0 failed, 0 pending of 2"
+
+
+@requires_fashion_mnist
+def test_a_local_worker_trains_every_unclaimed_seed_and_reports_each_failed_seed_in_one_line(tmp_path,
+                                                                                               tiny_bench):  # noqa: F811
+    """A WorkerJob (here in this process) walks its list: finished and claimed seeds are skipped, a failing seed is
+    one line and the next seed still trains; a second worker over the same list trains nothing twice."""
+    bench = Bench.load(tiny_bench)
+    good = bench.resolve("l2", "tinynet", "fashion-mnist", "tiny")
+    bad = bench.resolve("ce", "tinynet", "fashion-mnist", "tiny", overrides=("recipe.lr=1e30",))  # non-finite loss
+    results = tmp_path / "runs"
+    spec = WorkspaceSpec(config_path=str(tiny_bench), results_dir=str(results))
+    claimed = seed_files(results, good, 2).claim
+    claimed.parent.mkdir(parents=True)
+    write_claim(claimed)  # a live claim of this process: another worker is training seed 2
+    items = ((good, 0), (bad, 0), (good, 1), (good, 2))
+    failed = WorkerJob(spec, items)()
+    assert len(failed) == 1 and failed[0].startswith(f"{bad.label} | tinynet | seed 0: ")
+    assert "\n" not in failed[0]
+    trained = {json.loads(p.read_text())["seed"] for p in results.rglob(f"{good.loss.name}__*.json")}
+    assert trained == {0, 1}  # seed 2 is the other worker's
+    mtimes = {p: p.stat().st_mtime_ns for p in results.rglob("*.json")}
+    assert len(WorkerJob(spec, items)()) == 1  # the failed seed fails again; nothing else runs
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json")} == mtimes
 
 
 @requires_fashion_mnist
