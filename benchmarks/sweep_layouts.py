@@ -1,6 +1,6 @@
 """Sweep throughput of the two process layouts on this machine, measured in one run: one process with every usable CPU
 as torch threads (``--launcher inline``) against one process per usable CPU with one thread each (``--launcher local
---workers N``).
+--workers N``: N worker processes that take the pending seeds as they free up, each process started once).
 
     python benchmarks/sweep_layouts.py --suite demo --budget zoo --seeds 2
 

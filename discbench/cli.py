@@ -148,10 +148,11 @@ def run(loss, backbone, dataset, budget, protocol, peer, teacher, seeds, overrid
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the suite's tables to this file.")
 @click.option("--launcher", type=click.Choice(["inline", "local", "slurm"]), default="inline", show_default=True,
-              help="inline: train here, one seed after another; local: one submitit job (process) per seed here; "
-                   "slurm: one Slurm array task per seed.")
+              help="inline: train here, one seed after another, with progress; local: --workers processes here "
+                   "that share the seeds (on a CPU, one per core is the fastest layout: "
+                   "benchmarks/sweep_layouts.py); slurm: one Slurm array task per seed.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
-              help="--launcher local: jobs running at once.")
+              help="--launcher local: worker processes, each with usable CPUs / workers torch threads.")
 @click.option("--partition", default=None, help="--launcher slurm: the partition.")
 @click.option("--time", "time_limit", default=None, help="--launcher slurm: time limit per job ([D-]HH:MM:SS or "
                                                            "minutes).")
