@@ -459,9 +459,9 @@ def sweep(ws: Workspace, runs: list[SuiteRun], launcher: str = "inline", executo
     if launcher == "slurm":
         outcome.submitted = submit(executor, [SeedJob(ws.spec, cfg, seed) for cfg, seed in items], launcher)
         return outcome
-    workers = max(1, min(workers, len(items)))
-    worker = WorkerJob(ws.spec, tuple(items), max(1, usable_cpus() // workers))
-    for handle in submit(executor, [worker] * workers if items else [], launcher, workers):
+    worker = WorkerJob(ws.spec, tuple(items), max(1, usable_cpus() // workers))  # threads of the layout asked for,
+    jobs = [worker] * min(workers, len(items))  # also when fewer seeds are left: a table keeps one thread setting
+    for handle in submit(executor, jobs, launcher, workers):
         try:
             outcome.failed.extend(handle.result())
         except Exception as exc:  # the worker process itself failed (killed, out of memory)

@@ -77,6 +77,41 @@ def test_a_local_worker_trains_every_unclaimed_seed_and_reports_each_failed_seed
     assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json")} == mtimes
 
 
+def test_local_workers_get_the_threads_of_the_layout_asked_for_even_when_fewer_seeds_are_left(
+        tmp_path, tiny_bench, monkeypatch):  # noqa: F811
+    """--workers 2 on 4 CPUs: 2 threads per worker; with one seed left, one worker, still 2 threads (a table keeps one
+    thread setting); every worker walks the same list."""
+    from discbench import runner, suites
+
+    class Done:
+        def done(self):
+            return True
+
+        def result(self):
+            return []
+
+    class Executor:
+        jobs: list = []
+
+        def submit(self, job):
+            self.jobs.append(job)
+            return Done()
+
+    monkeypatch.setattr(runner, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(runner, "prepare", lambda *a, **k: None)  # no data, no pre-flight: only the jobs matter
+    bench = Bench.load(tiny_bench)
+    ws = WorkspaceSpec(config_path=str(tiny_bench), results_dir=str(tmp_path / "runs")).open(bench=bench)
+    every = suites.runs(bench, suites.load(bench, "tiny"), None, 3)  # two rows x 3 seeds
+    one = suites.runs(bench, suites.load(bench, "tiny"), None, 1)[:1]  # one row x 1 seed
+    for runs, workers, expected_jobs, items in ((every, 2, 2, 6), (one, 2, 1, 1), (every, 1, 1, 6)):
+        executor = Executor()
+        executor.jobs = []
+        runner.sweep(ws, runs, "local", executor, workers)
+        assert len(executor.jobs) == expected_jobs
+        assert {job.threads for job in executor.jobs} == {4 // workers}
+        assert all(len(job.items) == items for job in executor.jobs)  # every worker walks the whole list
+
+
 @requires_fashion_mnist
 @pytest.mark.slow
 def test_preemption_signal_checkpoints_requeues_and_resumes(tmp_path, tiny_bench, monkeypatch):  # noqa: F811
