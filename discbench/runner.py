@@ -360,8 +360,18 @@ def last_line(exc: BaseException) -> str:
     return next((line for line in reversed(str(exc).splitlines()) if line.strip()), repr(exc)).strip()
 
 
+class _Requeued:
+    """submitit's requeue hook, shared by the launcher jobs: the same job again; a finished seed is skipped and an
+    interrupted one resumes from the checkpoint its loop just wrote."""
+
+    def checkpoint(self) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self)
+
+
 @dataclass(frozen=True)
-class SeedJob:
+class SeedJob(_Requeued):
     """One (configuration, seed) of a workspace for a submitit executor (a Slurm array task); pickled, then called
     in the job's own process, which rebuilds the workspace from its spec."""
 
@@ -373,15 +383,9 @@ class SeedJob:
     def __call__(self) -> str | None:
         return _run_one(_open_job_workspace(self.spec, self.threads), self.cfg, self.seed)
 
-    def checkpoint(self) -> Any:
-        """submitit's requeue hook: the same job again; it resumes from the checkpoint the loop just wrote."""
-        from submitit.helpers import DelayedSubmission
-
-        return DelayedSubmission(self)
-
 
 @dataclass(frozen=True)
-class WorkerJob:
+class WorkerJob(_Requeued):
     """A local worker: every pending (configuration, seed) of a sweep, one after another in one process, which pays
     the interpreter's start, the imports (torch and torchvision: about 2.5 s) and the dataset's loading once, not
     once per seed. Each worker of a sweep gets the same list in the same order and skips a seed another live worker
@@ -404,11 +408,6 @@ class WorkerJob:
             except Exception as exc:
                 failed.append(f"{cfg.label} | {cfg.backbone} | seed {seed}: {last_line(exc)}")
         return failed
-
-    def checkpoint(self) -> Any:
-        from submitit.helpers import DelayedSubmission
-
-        return DelayedSubmission(self)
 
 
 def prepare(ws: Workspace, runs: list[SuiteRun], open_data: bool = True) -> None:

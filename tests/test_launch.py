@@ -91,7 +91,8 @@ def test_local_workers_get_the_threads_of_the_layout_asked_for_even_when_fewer_s
             return []
 
     class Executor:
-        jobs: list = []
+        def __init__(self):
+            self.jobs = []
 
         def submit(self, job):
             self.jobs.append(job)
@@ -105,7 +106,6 @@ def test_local_workers_get_the_threads_of_the_layout_asked_for_even_when_fewer_s
     one = suites.runs(bench, suites.load(bench, "tiny"), None, 1)[:1]  # one row x 1 seed
     for runs, workers, expected_jobs, items in ((every, 2, 2, 6), (one, 2, 1, 1), (every, 1, 1, 6)):
         executor = Executor()
-        executor.jobs = []
         runner.sweep(ws, runs, "local", executor, workers)
         assert len(executor.jobs) == expected_jobs
         assert {job.threads for job in executor.jobs} == {4 // workers}
