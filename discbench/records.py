@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -274,27 +275,29 @@ def seed_files(results_dir: Path, cfg: RunConfig, seed: int) -> SeedFiles:
 
 
 def check_writable(path: Path) -> None:
-    """Before training: ``path``'s directory can be created and written, and its name is not too long; a one-line
-    ``DiscbenchError`` otherwise (a probe file is written and removed)."""
+    """Before training: ``path``'s directory can be written, and its name is not too long; a one-line
+    ``DiscbenchError`` otherwise.
+
+    The probe (a temporary file, written and removed) goes into the deepest directory of ``path`` that exists. No
+    directory is created or removed here: concurrent sweeps on one results directory create the same folders, and a
+    folder removed by one process's probe vanished under another's claim (``discbench.claims`` creates the folders
+    when it claims the first seed, with its own one-line error)."""
     path = Path(path)
+    existing = next((p for p in path.parents if p.exists()), Path("."))
     limit = 255
     with contextlib.suppress(OSError, ValueError):
-        limit = os.pathconf(next((p for p in path.parents if p.is_dir()), Path(".")), "PC_NAME_MAX")
+        limit = os.pathconf(existing, "PC_NAME_MAX")
     if len(path.name.encode()) > limit:
         raise DiscbenchError(f"record file name {path.name!r} is longer than {limit} bytes; shorten --label")
-    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX + "probe-")
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is not a directory")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=TMP_PREFIX + "probe-")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise DiscbenchError(f"cannot write records to {path.parent}: {exc.strerror or exc}; pass a writable "
                              f"--results-dir") from exc
-    finally:
-        for directory in created:  # deepest first: leave the tree as it was (the record's writer makes them again)
-            with contextlib.suppress(OSError):
-                directory.rmdir()
 
 
 # -- writing ---------------------------------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def test_four_concurrent_sweeps_train_every_seed_exactly_once(tmp_path, tiny_ben
     procs = [cli("sweep", "--suite", "tiny", "--config", str(tiny_bench), "--results-dir", str(results), "--quiet")
              for _ in range(4)]
     outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outs]
+    assert [p.returncode for p in procs] == [0] * 4, [err.splitlines()[-3:] for _, err in outs]  # the error lines
     wrote = [line.split(":")[0] for _, err in outs for line in err.splitlines() if line.startswith("wrote ")]
     records = sorted(results.rglob("*.json"))
     assert len(records) == 6 and len(wrote) == 6 and len(set(wrote)) == 6  # 2 rows x 3 seeds, each written once

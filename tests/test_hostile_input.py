@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -196,8 +197,23 @@ def test_long_labels_make_file_names_that_fit(bench, tmp_path):
     cfg = bench.resolve("mi", "smallnet", "fashion-mnist", "smoke", overrides=overrides, label="x" * 400)
     path = record_path(tmp_path, cfg, 0)
     assert len(path.name.encode()) < 255 and path.name.startswith("x" * LABEL_CHARS + "__smallnet__")
-    check_writable(path)  # the directory is created, probed and removed again: nothing is left behind
+    check_writable(path)  # the probe goes into the deepest folder that exists and is removed: nothing is left behind
     assert list(tmp_path.iterdir()) == []
+
+
+def test_check_writable_never_removes_a_folder_another_process_is_creating(tmp_path, monkeypatch):
+    """Four sweeps on one results directory: while one probes, another creates the same folders for its claim. The
+    probe must not remove them under it (it did: `cannot write in the results directory`, exit 2, once in CI)."""
+    path = tmp_path / "runs" / "fashion-mnist" / "tiny" / "self" / "L2__tinynet__0123__seed0.json"
+    probe = tempfile.mkstemp
+
+    def probe_while_another_process_creates_the_folders(*args, **kwargs):
+        path.parent.mkdir(parents=True, exist_ok=True)  # the other sweep, about to write its claim there
+        return probe(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", probe_while_another_process_creates_the_folders)
+    check_writable(path)
+    assert path.parent.is_dir()
 
 
 def test_check_writable_rejects_names_over_the_limit(tmp_path):
