@@ -18,8 +18,8 @@ Slurm resources come from the ``[launcher.slurm]`` table of bench.toml (any ``su
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -84,17 +84,8 @@ def make_executor(launcher: str, folder: Path, slurm: dict[str, Any] | None = No
     return executor
 
 
-def submit(executor, jobs: list, launcher: str, workers: int = 1, poll: float = 0.5) -> list:
-    """Submit ``jobs``: a Slurm array at once; local jobs at most ``workers`` at a time, waiting for all."""
-    if launcher == "slurm":
-        with executor.batch():  # one job array
-            return [executor.submit(job) for job in jobs]
-    pending, running, done = list(jobs), [], []
-    while pending or running:
-        while pending and len(running) < workers:
-            running.append(executor.submit(pending.pop(0)))
-        time.sleep(poll)
-        for job in [j for j in running if j.done()]:
-            running.remove(job)
-            done.append(job)
-    return done
+def submit(executor, jobs: list, launcher: str) -> list:
+    """Submit ``jobs`` at once and return their handles: a Slurm array (one ``with executor.batch()``), or local
+    processes (a sweep submits at most ``--workers`` of them and waits on each handle's ``result()``)."""
+    with executor.batch() if launcher == "slurm" else contextlib.nullcontext():  # Slurm: one job array
+        return [executor.submit(job) for job in jobs]

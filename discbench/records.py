@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import math
 import os
@@ -290,8 +289,6 @@ def check_writable(path: Path) -> None:
     if len(path.name.encode()) > limit:
         raise DiscbenchError(f"record file name {path.name!r} is longer than {limit} bytes; shorten --label")
     try:
-        if not existing.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is not a directory")
         fd, probe = tempfile.mkstemp(dir=existing, prefix=TMP_PREFIX + "probe-")
         os.close(fd)
         os.unlink(probe)

@@ -403,7 +403,7 @@ class WorkerJob(_Requeued):
         for cfg, seed in self.items:
             try:
                 _run_one(ws, cfg, seed)
-            except (Preempted, KeyboardInterrupt):
+            except Preempted:  # the requeued worker resumes this seed
                 raise
             except Exception as exc:
                 failed.append(f"{cfg.label} | {cfg.backbone} | seed {seed}: {last_line(exc)}")
@@ -460,7 +460,7 @@ def sweep(ws: Workspace, runs: list[SuiteRun], launcher: str = "inline", executo
         return outcome
     worker = WorkerJob(ws.spec, tuple(items), max(1, usable_cpus() // workers))  # threads of the layout asked for,
     jobs = [worker] * min(workers, len(items))  # also when fewer seeds are left: a table keeps one thread setting
-    for handle in submit(executor, jobs, launcher, workers):
+    for handle in submit(executor, jobs, launcher):
         try:
             outcome.failed.extend(handle.result())
         except Exception as exc:  # the worker process itself failed (killed, out of memory)

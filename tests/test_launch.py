@@ -84,9 +84,6 @@ def test_local_workers_get_the_threads_of_the_layout_asked_for_even_when_fewer_s
     from discbench import runner, suites
 
     class Done:
-        def done(self):
-            return True
-
         def result(self):
             return []
 
